@@ -1,0 +1,46 @@
+"""The Litestar application of the ingress: routes, error shape, auth, request logging and limits.
+
+``create_app`` takes every collaborator explicitly (more arrive with chat completions and NSQL) and reads
+nothing from the environment. The app's ASGI handler is wrapped so that request logging, then API-key auth,
+run in front of routing: every response, a 404 for an unknown route included, carries ``x-request-id``.
+"""
+
+from __future__ import annotations
+
+from litestar import Litestar
+
+from ingress.auth import ApiKeyAuth
+from ingress.chat_dispatch import ChatDispatcher
+from ingress.controllers.chat import chat_router
+from ingress.controllers.health import health_router
+from ingress.controllers.models import models_router
+from ingress.errors import EXCEPTION_HANDLERS
+from ingress.logging_middleware import RequestLogging
+from ingress.openapi import API_KEY_SECURITY, openapi_config
+from ingress.view_store import ModelViewStore
+from services.config import Config
+
+__all__ = ("create_app",)
+
+
+def create_app(config: Config, views: ModelViewStore, chat: ChatDispatcher) -> Litestar:
+    api_keys = config.runtime.auth.api_keys
+    security = API_KEY_SECURITY if api_keys else None
+    app = Litestar(
+        route_handlers=[
+            health_router(views),
+            models_router(views, security=security),
+            chat_router(views, chat, security=security),
+        ],
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=config.runtime.http.max_body_bytes,
+        openapi_config=openapi_config(auth=bool(api_keys)),
+        logging_config=None,
+        debug=False,
+    )
+    # Litestar's own middleware runs only after routing has found a route; these must see every request.
+    handler = app.asgi_handler
+    if api_keys:
+        handler = ApiKeyAuth(handler, api_keys)
+    app.asgi_handler = RequestLogging(handler)
+    return app

@@ -1,0 +1,194 @@
+"""The ingress side of chat on the bus: publish a request onto its model's work queue, route the replies.
+
+One inbox subscription per ingress process carries every reply; the last subject token says which HTTP
+request it belongs to. Replies are checked for order (``seq``) and for a worker that went silent, so a
+client never waits on a dead worker and never gets a stream with a hole in it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from types import TracebackType
+
+import anyio
+import msgspec
+import nats.errors
+import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.errors import APIError
+
+from schemas.chat import ChatFailure, ChatKeepalive, ChatReply, ChatRequest
+from schemas.subjects import cancel_subject, chat_subject
+from services.config import ChatSettings
+from services.runtime.jetstream import ensure_chat_stream
+
+__all__ = ("BusUnavailable", "ChatDispatcher", "PendingChat", "QueueFull", "ReplyLost")
+
+log = structlog.get_logger(__name__)
+_encoder = msgspec.json.Encoder()
+_reply_decoder = msgspec.json.Decoder(ChatReply)
+BUFFERED_REPLIES = 4096
+# JetStream's "maximum messages per subject exceeded" (the per-model queue bound, discard-new)
+QUEUE_FULL_CODES = frozenset({10077})
+SILENT_KEEPALIVES = 4  # a committed worker silent this many keepalive intervals is presumed dead
+
+
+class QueueFull(Exception):
+    """The model's work queue is at its bound."""
+
+
+class BusUnavailable(Exception):
+    """NATS (or JetStream) cannot take the request right now."""
+
+
+class ReplyLost(Exception):
+    """The worker answering went silent, or a reply went missing."""
+
+
+class PendingChat:
+    """The replies to one request, in order, from the one worker that answers it."""
+
+    def __init__(
+        self,
+        dispatcher: ChatDispatcher,
+        request_id: str,
+        receive: MemoryObjectReceiveStream[bytes],
+        deadline: float,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self.request_id = request_id
+        self._receive = receive
+        self.deadline = deadline
+        self.worker_id: str | None = None
+        self._next_seq = 0
+        self.finished = False
+
+    async def next(self) -> ChatReply:
+        """The next reply. Raises TimeoutError past the deadline, ReplyLost on silence or a gap."""
+        while True:
+            reply: ChatReply = _reply_decoder.decode(await self._receive_one())
+            if self.worker_id is None:
+                self.worker_id = reply.worker_id
+            elif reply.worker_id != self.worker_id:
+                continue  # a late duplicate delivery answered too: only the first worker counts
+            if isinstance(reply, ChatKeepalive):
+                continue
+            if reply.seq != self._next_seq:
+                raise ReplyLost(
+                    f"reply {self._next_seq} of request {self.request_id} went missing (got {reply.seq})"
+                )
+            self._next_seq += 1
+            return reply
+
+    async def _receive_one(self) -> bytes:
+        keepalive = self._dispatcher.settings.keepalive
+        remaining = self.deadline - time.time()
+        if remaining <= 0:
+            raise TimeoutError
+        # before a worker has answered, the request may wait in the queue until its deadline;
+        # once one has, it must keep talking
+        wait = remaining if self.worker_id is None else min(remaining, keepalive * SILENT_KEEPALIVES)
+        with anyio.move_on_after(wait):
+            return await self._receive.receive()
+        if self.worker_id is not None and self.deadline > time.time():
+            raise ReplyLost(f"worker {self.worker_id} stopped answering")
+        raise TimeoutError
+
+    async def close(self, *, cancel: bool) -> None:
+        """Stop routing replies here; tell the worker to stop when the client did not get the whole answer."""
+        self._dispatcher.forget(self.request_id)
+        self._receive.close()
+        if cancel:
+            await self._dispatcher.cancel(self.request_id)
+
+
+class ChatDispatcher:
+    def __init__(self, nc: Client, settings: ChatSettings, *, ingress_id: str | None = None) -> None:
+        self.nc = nc
+        self.settings = settings
+        self.ingress_id = ingress_id or uuid.uuid4().hex[:12]
+        self._inbox = f"_INBOX.modelbus.{self.ingress_id}"
+        self._routes: dict[str, MemoryObjectSendStream[bytes]] = {}
+        self._sub: Subscription | None = None
+        self._js = nc.jetstream()
+
+    async def __aenter__(self) -> ChatDispatcher:
+        await ensure_chat_stream(self._js, self.settings)
+        self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._route)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._sub is not None:
+            with anyio.move_on_after(2, shield=True):
+                await self._sub.unsubscribe()
+
+    async def _route(self, msg: Msg) -> None:
+        send = self._routes.get(msg.subject[len(self._inbox) + 1 :])
+        if send is None:
+            return  # the HTTP request is gone (client left, or a late duplicate)
+        try:
+            send.send_nowait(msg.data)
+        except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            log.warning("chat.reply_dropped", subject=msg.subject)
+
+    def forget(self, request_id: str) -> None:
+        send = self._routes.pop(request_id, None)
+        if send is not None:
+            send.close()
+
+    async def submit(
+        self,
+        model: str,
+        body: bytes,
+        *,
+        request_id: str,
+        stream: bool,
+        include_usage: bool,
+        traceparent: str | None,
+        timeout: float | None = None,
+    ) -> PendingChat:
+        """Queue the request for ``model``'s workers. Raises QueueFull or BusUnavailable."""
+        if not self.nc.is_connected:
+            raise BusUnavailable("not connected to NATS")
+        deadline = time.time() + (timeout or self.settings.request_timeout)
+        send, receive = anyio.create_memory_object_stream[bytes](BUFFERED_REPLIES)
+        self._routes[request_id] = send
+        request = ChatRequest(
+            request_id=request_id,
+            model=model,
+            body=msgspec.Raw(body),
+            stream=stream,
+            include_usage=include_usage,
+            reply_to=f"{self._inbox}.{request_id}",
+            deadline=deadline,
+            traceparent=traceparent,
+        )
+        try:
+            await self._js.publish(
+                chat_subject(model), _encoder.encode(request), timeout=5, headers={"Nats-Msg-Id": request_id}
+            )
+        except APIError as exc:
+            self.forget(request_id)
+            if exc.err_code in QUEUE_FULL_CODES:
+                raise QueueFull(model) from exc
+            raise BusUnavailable(str(exc)) from exc
+        except (nats.errors.Error, TimeoutError) as exc:
+            self.forget(request_id)
+            raise BusUnavailable(type(exc).__name__) from exc
+        return PendingChat(self, request_id, receive, deadline)
+
+    async def cancel(self, request_id: str) -> None:
+        try:
+            await self.nc.publish(cancel_subject(request_id), b"")
+        except nats.errors.Error:
+            log.warning("chat.cancel_not_sent", request_id=request_id)
+
+
+def is_failure(reply: ChatReply) -> bool:
+    return isinstance(reply, ChatFailure)

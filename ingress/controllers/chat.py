@@ -1,0 +1,206 @@
+"""``POST /v1/chat/completions``: OpenAI's chat completions, answered by model workers over the bus.
+
+The request is validated here (the OpenAI shape, the model known and ready), queued on the model's work
+queue, and answered from the worker's replies: one JSON body, or server-sent events ending with
+``data: [DONE]``. A client that goes away cancels the work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import anyio
+import msgspec
+import structlog
+from litestar import MediaType, Request, Response, Router, post
+from litestar.openapi.spec.security_requirement import SecurityRequirement
+from litestar.params import Body
+from litestar.response import Stream
+
+from ingress.chat_dispatch import BusUnavailable, ChatDispatcher, PendingChat, QueueFull, ReplyLost
+from ingress.errors import ApiError, error_body, error_spec
+from ingress.view_store import ModelViewStore
+from schemas.chat import ChatChunk, ChatEnd, ChatFailure, ChatReply, ChatResult
+from schemas.openai import ChatCompletionRequest
+from schemas.status import ModelStatus
+from services.config import ChatSettings
+
+__all__ = ("chat_router",)
+
+log = structlog.get_logger(__name__)
+_encoder = msgspec.json.Encoder()
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+DONE = b"data: [DONE]\n\n"
+ChatBody = Annotated[ChatCompletionRequest, Body(description="OpenAI's chat completion request")]
+
+
+def _failure_error(failure: ChatFailure) -> ApiError:
+    return ApiError(
+        failure.status,
+        failure.message,
+        code=failure.code or "upstream_error",
+        type_=failure.error_type,
+        param=failure.param,
+    )
+
+
+def _sse_error(status: int, message: str, code: str, type_: str = "server_error") -> bytes:
+    body = _encoder.encode(error_body(status, message, code=code, type_=type_))
+    return b"event: error\ndata: " + body + b"\n\n"
+
+
+def _check_model(views: ModelViewStore, model: str) -> None:
+    if not views.initialized:
+        raise ApiError(
+            503,
+            "the model registry has not reported yet; retry shortly",
+            code="app_not_initialized",
+            headers={"Retry-After": "1"},
+        )
+    view = views.get(model)
+    if view is None:
+        raise ApiError(404, f"The model `{model}` does not exist", code="model_not_found", param="model")
+    if view.status is not ModelStatus.READY:
+        detail = f" ({view.error.code}: {view.error_message})" if view.error is not None else ""
+        raise ApiError(
+            503,
+            f"The model `{model}` is not ready: its status is {view.status.value}{detail}",
+            code="model_not_ready",
+            param="model",
+            headers={"Retry-After": "1"},
+        )
+
+
+async def _first_reply(pending: PendingChat, request: Request[Any, Any, Any]) -> ChatReply | None:
+    """The first reply, or None when the client disconnected first (the work is then cancelled)."""
+    result: list[ChatReply] = []
+    failed: list[Exception] = []
+    async with anyio.create_task_group() as tg:
+
+        async def watch_disconnect() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch_disconnect)
+        try:
+            result.append(await pending.next())
+        except (TimeoutError, ReplyLost) as exc:  # raised outside the group, not wrapped in one
+            failed.append(exc)
+        finally:
+            tg.cancel_scope.cancel()
+    if failed:
+        raise failed[0]
+    return result[0] if result else None
+
+
+def _bus_error(exc: Exception, model: str, settings: ChatSettings) -> ApiError:
+    if isinstance(exc, QueueFull):
+        return ApiError(
+            429,
+            f"The queue of model `{model}` is full; retry later",
+            code="queue_full",
+            headers={"Retry-After": str(settings.retry_after)},
+        )
+    if isinstance(exc, TimeoutError):
+        return ApiError(504, "The request timed out before a worker answered", code="timeout")
+    if isinstance(exc, ReplyLost):
+        return ApiError(502, f"The worker answering stopped: {exc}", code="worker_lost")
+    return ApiError(
+        503,
+        "The message bus is unavailable; retry shortly",
+        code="bus_unavailable",
+        headers={"Retry-After": "1"},
+    )
+
+
+async def _events(pending: PendingChat, first: ChatReply) -> AsyncIterator[bytes]:
+    """SSE bytes from the worker's chunks; a failure after the first chunk is an error event, then the end."""
+    complete = False
+    try:
+        reply = first
+        while True:
+            if isinstance(reply, ChatChunk):
+                yield b"data: " + bytes(reply.data) + b"\n\n"
+            elif isinstance(reply, ChatEnd):
+                complete = True
+                yield DONE
+                return
+            elif isinstance(reply, ChatFailure):
+                complete = True
+                yield _sse_error(
+                    reply.status, reply.message, reply.code or "upstream_error", reply.error_type
+                )
+                return
+            try:
+                reply = await pending.next()
+            except TimeoutError:
+                complete = True
+                yield _sse_error(504, "The request timed out", "timeout")
+                return
+            except ReplyLost as exc:
+                complete = True
+                yield _sse_error(502, f"The stream was interrupted: {exc}", "worker_lost")
+                return
+    finally:
+        with anyio.CancelScope(shield=True):
+            await pending.close(cancel=not complete)
+
+
+def chat_router(
+    views: ModelViewStore, dispatcher: ChatDispatcher, *, security: list[SecurityRequirement] | None
+) -> Router:
+    settings = dispatcher.settings
+
+    @post(
+        "/chat/completions",
+        summary="Create a chat completion (OpenAI-compatible, streaming included)",
+        status_code=200,
+        security=security,
+        responses={
+            400: error_spec("Malformed or invalid request"),
+            404: error_spec("Unknown model"),
+            429: error_spec("The model's queue is full (see Retry-After)"),
+            502: error_spec("The upstream provider failed"),
+            503: error_spec("The model has no ready worker, or the bus is unavailable"),
+            504: error_spec("The deadline passed"),
+        },
+    )
+    async def create_chat_completion(request: Request[Any, Any, Any], data: ChatBody) -> Response[Any]:
+        _check_model(views, data.model)
+        stream = bool(data.stream)
+        include_usage = bool(stream and data.stream_options and data.stream_options.include_usage)
+        request_id: str = request.scope["state"]["request_id"]
+        try:
+            pending = await dispatcher.submit(
+                data.model,
+                await request.body(),
+                request_id=request_id,
+                stream=stream,
+                include_usage=include_usage,
+                traceparent=request.headers.get("traceparent"),
+            )
+        except (QueueFull, BusUnavailable) as exc:
+            raise _bus_error(exc, data.model, settings) from exc
+        try:
+            first = await _first_reply(pending, request)
+        except (TimeoutError, ReplyLost) as exc:
+            await pending.close(cancel=True)
+            raise _bus_error(exc, data.model, settings) from exc
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await pending.close(cancel=True)
+            raise
+        if first is None:  # the client left; nobody will read a response
+            await pending.close(cancel=True)
+            return Response(content=b"", status_code=499)
+        if isinstance(first, ChatFailure):
+            await pending.close(cancel=False)
+            raise _failure_error(first)
+        if isinstance(first, ChatResult):
+            await pending.close(cancel=False)
+            return Response(content=bytes(first.data), media_type=MediaType.JSON)
+        return Stream(_events(pending, first), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    return Router(path="/v1", route_handlers=[create_chat_completion])

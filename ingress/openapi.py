@@ -1,0 +1,41 @@
+"""The OpenAPI document: title, the API-key security schemes, and responses with more than one media type."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, OpenAPIMediaType, OpenAPIResponse, Operation, SecurityScheme
+from litestar.openapi.spec.security_requirement import SecurityRequirement
+
+__all__ = ("API_KEY_SECURITY", "openapi_config", "operation_with_content")
+
+API_KEY_SECURITY: list[SecurityRequirement] = [{"ApiKey": []}, {"Bearer": []}]
+_SCHEMES = {
+    "ApiKey": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header"),
+    "Bearer": SecurityScheme(type="http", scheme="bearer", description="the API key as a bearer token"),
+}
+
+
+def openapi_config(*, auth: bool, version: str = "0.1.0") -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="modelbus",
+        version=version,
+        description="Spice AI's LLM HTTP API, served by NATS workers.",
+        components=Components(security_schemes=dict(_SCHEMES)) if auth else Components(),
+    )
+
+
+def operation_with_content(extra: Mapping[str, Mapping[str, OpenAPIMediaType]]) -> type[Operation]:
+    """An Operation class that adds media types to responses Litestar generated (e.g. CSV beside JSON)."""
+
+    @dataclass
+    class _Operation(Operation):
+        def __post_init__(self) -> None:
+            for status, content in extra.items():
+                response = (self.responses or {}).get(status)
+                if isinstance(response, OpenAPIResponse):
+                    response.content = {**(response.content or {}), **content}
+
+    return _Operation

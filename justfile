@@ -1,0 +1,47 @@
+# modelbus recipes. Everything runs from the venv that ./run bootstraps (./run just <recipe> makes sure of it).
+
+set shell := ["bash", "-cu"]
+set positional-arguments := true
+
+venv := justfile_directory() / ".venv" / "bin"
+
+# list the recipes
+[private]
+default:
+    @{{ just_executable() }} --justfile {{ justfile() }} --list
+
+[group('run')]
+[doc('bring the system up on the embedded defaults (args go to modelbus up)')]
+up *args:
+    {{ venv }}/modelbus up "$@"
+
+[group('run')]
+[doc('fetch and verify the local model files the config uses')]
+pull *args:
+    {{ venv }}/modelbus models pull "$@"
+
+[group('check')]
+[doc('run the test suite (args go to pytest)')]
+test *args:
+    {{ venv }}/pytest "$@"
+
+[group('check')]
+[doc('formatting and lint (ruff)')]
+lint:
+    {{ venv }}/ruff format --check .
+    {{ venv }}/ruff check .
+
+[group('check')]
+[doc('type check (mypy, strict as configured in pyproject.toml)')]
+types:
+    {{ venv }}/mypy
+
+[group('check')]
+[doc('lint, types and tests')]
+check: lint types test
+
+[group('dev')]
+[doc('format the code and apply the safe lint fixes')]
+fmt:
+    {{ venv }}/ruff format .
+    {{ venv }}/ruff check --fix .

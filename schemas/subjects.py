@@ -1,0 +1,86 @@
+"""Subject, stream and bucket names, and the model-id encoding that makes any id a safe subject token.
+
+A model id such as ``qwen2.5-coder`` contains a dot, which NATS reads as a token separator. Every id is
+encoded before it becomes a subject token or a KV key: ASCII letters, digits and ``-`` pass through, every
+other byte of its UTF-8 form becomes ``_XX`` (two upper-case hex digits). The encoding is injective, so no id
+can reach another model's subject, and it only produces characters valid in subjects, KV keys and stream or
+consumer names.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = (
+    "CANCEL_WILDCARD",
+    "CHAT_STREAM",
+    "EVENTS_STREAM",
+    "HEARTBEAT_WILDCARD",
+    "MODEL_VIEWS_BUCKET",
+    "PREFIX",
+    "cancel_subject",
+    "chat_subject",
+    "decode_token",
+    "encode_token",
+    "event_subject",
+    "events_wildcard",
+    "heartbeat_subject",
+)
+
+PREFIX = "modelbus.v1"
+MODEL_VIEWS_BUCKET = "modelbus_models"
+EVENTS_STREAM = "MODELBUS_EVENTS"
+CHAT_STREAM = "MODELBUS_CHAT"
+HEARTBEAT_WILDCARD = f"{PREFIX}.heartbeat.>"
+
+_PLAIN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
+_TOKEN = re.compile(r"(?:[A-Za-z0-9-]|_[0-9A-F]{2})+")
+
+
+def encode_token(value: str) -> str:
+    """Encode any non-empty string as one subject token (see the module docstring)."""
+    if not value:
+        raise ValueError("an empty string cannot be a subject token")
+    return "".join(chr(b) if b in _PLAIN else f"_{b:02X}" for b in value.encode())
+
+
+def decode_token(token: str) -> str:
+    """Invert :func:`encode_token`; raises ValueError on a token it could not have produced."""
+    if not _TOKEN.fullmatch(token):
+        raise ValueError(f"not an encoded token: {token!r}")
+    out = bytearray()
+    i = 0
+    while i < len(token):
+        if token[i] == "_":
+            out.append(int(token[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            out.append(ord(token[i]))
+            i += 1
+    return out.decode()
+
+
+def heartbeat_subject(model: str, worker_id: str) -> str:
+    """Where a worker reports on one model it hosts: its heartbeats and its goodbye."""
+    return f"{PREFIX}.heartbeat.{encode_token(model)}.{encode_token(worker_id)}"
+
+
+def event_subject(model: str) -> str:
+    return f"{PREFIX}.events.model.{encode_token(model)}"
+
+
+def events_wildcard() -> str:
+    return f"{PREFIX}.events.>"
+
+
+def chat_subject(model: str) -> str:
+    """The work queue of one model's chat requests."""
+    return f"{PREFIX}.chat.{encode_token(model)}"
+
+
+def cancel_subject(request_id: str) -> str:
+    """Where the ingress says that a request's client went away."""
+    return f"{PREFIX}.cancel.{encode_token(request_id)}"
+
+
+CANCEL_WILDCARD = f"{PREFIX}.cancel.*"

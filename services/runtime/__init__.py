@@ -1,0 +1,1 @@
+"""The small runtime every modelbus process shares: logging, NATS connection, embedded server, lifecycle."""

@@ -1,0 +1,89 @@
+"""The JetStream streams and buckets modelbus uses, created idempotently by whoever starts first."""
+
+from __future__ import annotations
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError
+from nats.js.kv import KeyValue
+
+from schemas.subjects import (
+    CHAT_STREAM,
+    EVENTS_STREAM,
+    MODEL_VIEWS_BUCKET,
+    PREFIX,
+    chat_subject,
+    encode_token,
+    events_wildcard,
+)
+from services.config import ChatSettings
+
+__all__ = ("chat_consumer_config", "ensure_chat_stream", "ensure_events_stream", "model_views")
+
+EVENTS_MAX_AGE_S = 7 * 24 * 3600
+EVENTS_PER_SUBJECT = 10_000
+
+
+async def ensure_events_stream(js: JetStreamContext) -> None:
+    """The stream behind ``modelbus.v1.events.>``: replayable, de-duplicated by ``Nats-Msg-Id``."""
+    config = StreamConfig(
+        name=EVENTS_STREAM,
+        subjects=[events_wildcard()],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=EVENTS_MAX_AGE_S,
+        max_msgs_per_subject=EVENTS_PER_SUBJECT,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=120,
+    )
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        await js.update_stream(config)
+
+
+async def model_views(js: JetStreamContext) -> KeyValue:
+    """The KV bucket of model views (one key per encoded model id, latest value only)."""
+    return await js.create_key_value(
+        KeyValueConfig(bucket=MODEL_VIEWS_BUCKET, history=1, storage=StorageType.FILE)
+    )
+
+
+async def ensure_chat_stream(js: JetStreamContext, settings: ChatSettings) -> None:
+    """The work queues behind ``modelbus.v1.chat.<model>``: bounded per model, a full queue refuses."""
+    config = StreamConfig(
+        name=CHAT_STREAM,
+        subjects=[f"{PREFIX}.chat.*"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        max_msgs_per_subject=settings.queue_depth,
+        discard=DiscardPolicy.NEW,
+        discard_new_per_subject=True,
+        max_age=settings.request_timeout * 2,
+        duplicate_window=min(120.0, settings.request_timeout),
+    )
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        await js.update_stream(config)
+
+
+def chat_consumer_config(model: str, settings: ChatSettings) -> ConsumerConfig:
+    """The durable pull consumer every worker of a model shares (a work queue allows one per subject)."""
+    return ConsumerConfig(
+        durable_name=f"chat-{encode_token(model)}",
+        filter_subject=chat_subject(model),
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=settings.ack_wait,
+        max_deliver=settings.max_deliver,
+        max_ack_pending=-1,
+        max_waiting=4096,
+    )

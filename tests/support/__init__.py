@@ -1,0 +1,1 @@
+"""Test support: real processes and servers the tests start and control."""

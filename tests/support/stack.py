@@ -1,0 +1,98 @@
+"""The whole system in one test process: registry, model workers and ingress, each on its own connection."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+
+import anyio
+import httpx
+import openai
+
+from ingress.server import IngressServer
+from services.config import Config, parse_config
+from services.registry import Registry
+from services.runtime.nats_client import connected
+from workers.model.worker import ModelWorker
+
+FAST_RUNTIME = """
+runtime:
+  heartbeat: {interval: 0.2}
+  shutdown_grace: 3
+  nats: {drain_timeout: 2}
+  chat: {ack_wait: 1.0, keepalive: 0.25, request_timeout: 30}
+"""
+
+
+def stand_in_config(
+    endpoint: str, *, extra_runtime: str = "", model_params: str = "", models: int = 1
+) -> Config:
+    """A configuration whose models are served by the stand-in upstream at ``endpoint``."""
+    text = FAST_RUNTIME + extra_runtime + "models:\n"
+    for i in range(models):
+        name = "gpt-4.1" if i == 0 else f"gpt-4.1-{i}"
+        text += (
+            f"  - name: {name}\n    from: openai:gpt-4.1\n"
+            f"    params: {{endpoint: '{endpoint}', api_key: sk-test, recheck_initial: 0.05, recheck_max: 0.2"
+            f"{', ' + model_params if model_params else ''}}}\n"
+        )
+    return parse_config(text, {})
+
+
+@dataclass
+class Stack:
+    config: Config
+    nats_url: str
+    ingress: IngressServer
+    workers: list[ModelWorker] = field(default_factory=list)
+    clients: list[openai.AsyncOpenAI] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return self.ingress.url
+
+    def client(self, api_key: str = "sk-none", **kwargs: object) -> openai.AsyncOpenAI:
+        client = openai.AsyncOpenAI(base_url=f"{self.base_url}/v1", api_key=api_key, max_retries=0, **kwargs)  # type: ignore[arg-type]
+        self.clients.append(client)  # closed when the stack stops
+        return client
+
+    async def wait_ready(self, model: str = "gpt-4.1", timeout: float = 30) -> None:
+        async with httpx.AsyncClient(base_url=self.base_url) as http:
+            with anyio.fail_after(timeout):
+                while True:
+                    response = await http.get(f"/v1/models/{model}", params={"status": "true"})
+                    if response.status_code == 200 and response.json().get("status") == "ready":
+                        return
+                    await anyio.sleep(0.05)
+
+
+@asynccontextmanager
+async def running_stack(
+    nats_url: str,
+    config: Config,
+    *,
+    workers: int = 1,
+    models: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> AsyncIterator[Stack]:
+    hosted = [m for m in config.models if models is None or m.name in models]
+    async with AsyncExitStack() as stack:
+        registry_nc = await stack.enter_async_context(
+            connected(config.runtime.nats, nats_url, name="registry")
+        )
+        await stack.enter_async_context(Registry(registry_nc, config))
+        started: list[ModelWorker] = []
+        for i in range(workers):
+            nc = await stack.enter_async_context(connected(config.runtime.nats, nats_url, name=f"worker-{i}"))
+            worker = ModelWorker(nc, config, hosted, environ=environ if environ is not None else os.environ)
+            started.append(await stack.enter_async_context(worker))
+        ingress_nc = await stack.enter_async_context(connected(config.runtime.nats, nats_url, name="ingress"))
+        ingress = await stack.enter_async_context(IngressServer(config, ingress_nc, port=0))
+        running = Stack(config, nats_url, ingress, started)
+        try:
+            yield running
+        finally:
+            for client in running.clients:
+                await client.close()

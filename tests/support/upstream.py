@@ -1,0 +1,301 @@
+"""A stand-in for a remote OpenAI-compatible provider, speaking the real wire format (JSON and SSE).
+
+It is the one stand-in the project allows: remote providers cannot be reached from these machines. Tests
+change its behaviour through :class:`Behaviour` (in-process) or ``POST /_control`` (from another process):
+fail with a status, delay, answer with given text, stream in chunks at a given pace, call a tool. It
+records every chat request with when it started and ended, and whether the client hung up.
+Run it alone with ``python -m tests.support.upstream --port N``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+import msgspec
+import uvicorn
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_ERROR_TYPES = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("invalid_request_error", "permission_denied"),
+    404: ("invalid_request_error", "model_not_found"),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+}
+_encoder = msgspec.json.Encoder()
+
+
+class Behaviour(msgspec.Struct, kw_only=True):
+    fail_status: int | None = None
+    fail_message: str = "stand-in failure"
+    delay_s: float = 0.0  # before the response (or the first chunk)
+    reply: str = "Hello from the stand-in."
+    chunks: int = 0  # 0: one chunk per word
+    chunk_delay_s: float = 0.0
+    send_usage: bool = True  # include the usage chunk when asked (False: leave it to modelbus)
+    api_key: str | None = None  # when set, any other bearer token gets a 401
+
+
+class Seen(msgspec.Struct, kw_only=True):
+    body: dict[str, Any]
+    started: float
+    ended: float = 0.0
+    disconnected: bool = False
+
+
+class Upstream:
+    def __init__(self, behaviour: Behaviour | None = None) -> None:
+        self.behaviour = behaviour or Behaviour()
+        self.requests: list[Seen] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        method, path = scope["method"], scope["path"]
+        if path == "/_control" and method == "POST":
+            self.behaviour = msgspec.json.decode(body, type=Behaviour)
+            await _json(send, 200, {"ok": True})
+            return
+        if path == "/_requests":
+            await _json(send, 200, self.requests)
+            return
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        b = self.behaviour
+        if b.api_key is not None and headers.get("authorization") != f"Bearer {b.api_key}":
+            await _error(send, 401, "Incorrect API key provided")
+            return
+        if path.endswith("/chat/completions") and method == "POST":
+            seen = Seen(body=msgspec.json.decode(body), started=time.time())
+            self.requests.append(seen)
+            try:
+                await self._chat(seen, b, receive, send)
+            except OSError:
+                seen.disconnected = True
+            finally:
+                seen.ended = time.time()
+            return
+        if path.endswith("/models") and method == "GET":
+            await _json(send, 200, {"object": "list", "data": [{"id": "stand-in", "object": "model"}]})
+            return
+        await _error(send, 404, f"no route {method} {path}")
+
+    async def _chat(self, seen: Seen, b: Behaviour, receive: Receive, send: Send) -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                if (await receive())["type"] == "http.disconnect":
+                    seen.disconnected = True
+                    tg.cancel_scope.cancel()
+
+            tg.start_soon(watch)
+            if b.delay_s:
+                await anyio.sleep(b.delay_s)
+            if b.fail_status is not None:
+                await _error(send, b.fail_status, b.fail_message)
+            elif seen.body.get("stream"):
+                await _stream(seen.body, b, send)
+            else:
+                await _json(send, 200, _completion(seen.body, b.reply))
+            tg.cancel_scope.cancel()
+
+
+def _tool_call(request: dict[str, Any]) -> dict[str, Any] | None:
+    tools = request.get("tools") or []
+    if not tools or request.get("tool_choice") == "none":
+        return None
+    name = tools[0]["function"]["name"]
+    return {
+        "id": "call_standin1",
+        "type": "function",
+        "function": {"name": name, "arguments": '{"city": "Paris"}'},
+    }
+
+
+def _usage(request: dict[str, Any], completion: int) -> dict[str, int]:
+    prompt = sum(len(str(m.get("content", "")).split()) for m in request.get("messages", []))
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _completion(request: dict[str, Any], text: str) -> dict[str, Any]:
+    call = _tool_call(request)
+    message: dict[str, Any] = {"role": "assistant", "content": None if call else text}
+    if call:
+        message["tool_calls"] = [call]
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": request.get("model", "stand-in"),
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": "tool_calls" if call else "stop",
+            }
+        ],
+        "usage": _usage(request, len(text.split())),
+    }
+
+
+async def _stream(request: dict[str, Any], b: Behaviour, send: Send) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
+        }
+    )
+    chunk_id, created, model = f"chatcmpl-{uuid.uuid4().hex[:12]}", int(time.time()), request.get("model", "")
+
+    async def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> None:
+        chunk = {
+            "id": chunk_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            **extra,
+        }
+        await send(
+            {
+                "type": "http.response.body",
+                "body": b"data: " + _encoder.encode(chunk) + b"\n\n",
+                "more_body": True,
+            }
+        )
+
+    await event({"role": "assistant", "content": ""})
+    call = _tool_call(request)
+    pieces: list[str] = []
+    if call:
+        await event(
+            {
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": call["id"],
+                        "type": "function",
+                        "function": {"name": call["function"]["name"], "arguments": ""},
+                    }
+                ]
+            }
+        )
+        await event({"tool_calls": [{"index": 0, "function": {"arguments": call["function"]["arguments"]}}]})
+    else:
+        words = b.reply.split(" ")
+        n = b.chunks or len(words)
+        pieces = [" ".join(words[i * len(words) // n : (i + 1) * len(words) // n]) for i in range(n)]
+        for i, piece in enumerate(pieces):
+            if b.chunk_delay_s:
+                await anyio.sleep(b.chunk_delay_s)
+            await event({"content": piece if i == 0 else " " + piece})
+    await event({}, "tool_calls" if call else "stop")
+    if (request.get("stream_options") or {}).get("include_usage") and b.send_usage:
+        usage_chunk = {
+            "id": chunk_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [],
+            "usage": _usage(request, len(pieces)),
+        }
+        await send(
+            {
+                "type": "http.response.body",
+                "body": b"data: " + _encoder.encode(usage_chunk) + b"\n\n",
+                "more_body": True,
+            }
+        )
+    await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+
+async def _json(send: Send, status: int, payload: object) -> None:
+    data = _encoder.encode(payload)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+async def _error(send: Send, status: int, message: str) -> None:
+    type_, code = _ERROR_TYPES.get(status, ("server_error", None))
+    await _json(send, status, {"error": {"message": message, "type": type_, "param": None, "code": code}})
+
+
+class UpstreamServer:
+    """Serve an :class:`Upstream` with uvicorn on a free loopback port while entered."""
+
+    def __init__(self, upstream: Upstream | None = None, port: int = 0) -> None:
+        self.upstream = upstream or Upstream()
+        self._config = uvicorn.Config(
+            self.upstream,
+            host="127.0.0.1",
+            port=port,
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            http="httptools",
+        )
+        self._server = uvicorn.Server(self._config)
+        self._tg: anyio.abc.TaskGroup | None = None
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def __aenter__(self) -> UpstreamServer:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._server.serve)
+        while not self._server.started:
+            await anyio.sleep(0.01)
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        assert self._tg is not None
+        await self._tg.__aexit__(None, None, None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    uvicorn.run(
+        Upstream(),
+        host="127.0.0.1",
+        port=args.port,
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        http="httptools",
+    )
+
+
+if __name__ == "__main__":
+    main()

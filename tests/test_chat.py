@@ -1,0 +1,239 @@
+"""Chat completions end to end: the openai SDK → ingress → NATS → model worker → stand-in upstream."""
+
+from __future__ import annotations
+
+import json
+
+import anyio
+import httpx
+import openai
+import pytest
+
+from services.runtime.embedded_nats import EmbeddedNats
+from tests.support.stack import running_stack, stand_in_config
+from tests.support.upstream import Behaviour, UpstreamServer
+
+MESSAGES = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hello!"}]
+
+
+async def test_create_returns_the_upstream_completion_with_usage_and_request_id(
+    nats_server: EmbeddedNats,
+) -> None:
+    async with (
+        UpstreamServer() as upstream,
+        running_stack(nats_server.url, stand_in_config(upstream.url)) as stack,
+    ):
+        await stack.wait_ready()
+        raw = await stack.client().chat.completions.with_raw_response.create(
+            model="gpt-4.1",
+            messages=MESSAGES,
+            temperature=0.3,
+            seed=7,
+            user="u-1",
+            max_completion_tokens=50,
+            stop=["\n\n"],
+            top_p=0.9,
+        )
+        completion = raw.parse()
+        assert raw.headers["x-request-id"]
+        assert completion.choices[0].message.content == "Hello from the stand-in."
+        assert completion.usage is not None and completion.usage.total_tokens > 0
+        sent = upstream.upstream.requests[-1].body
+        # passed through as sent, with the provider's model name
+        assert sent["messages"] == MESSAGES and sent["model"] == "gpt-4.1"
+        assert (sent["temperature"], sent["seed"], sent["user"], sent["max_completion_tokens"]) == (
+            0.3,
+            7,
+            "u-1",
+            50,
+        )
+        assert (sent["stop"], sent["top_p"]) == (["\n\n"], 0.9)
+
+
+async def test_stream_ends_with_done_and_adds_usage_when_the_upstream_gives_none(
+    nats_server: EmbeddedNats,
+) -> None:
+    async with (
+        UpstreamServer() as upstream,
+        running_stack(nats_server.url, stand_in_config(upstream.url)) as stack,
+    ):
+        await stack.wait_ready()
+        upstream.upstream.behaviour = Behaviour(reply="one two three four five", send_usage=False)
+        stream = await stack.client().chat.completions.create(
+            model="gpt-4.1", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
+        chunks = [chunk async for chunk in stream]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == "one two three four five"
+        assert (
+            chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
+        )  # computed by modelbus
+        assert chunks[-1].choices == []
+
+        # the raw SSE: every event a chunk, then data: [DONE]
+        async with httpx.AsyncClient(base_url=stack.base_url) as http:
+            response = await http.post(
+                "/v1/chat/completions", json={"model": "gpt-4.1", "messages": MESSAGES, "stream": True}
+            )
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [e for e in response.text.split("\n\n") if e]
+        assert events[-1] == "data: [DONE]"
+        assert all(
+            json.loads(e.removeprefix("data: "))["object"] == "chat.completion.chunk" for e in events[:-1]
+        )
+
+
+async def test_tools_come_back_as_tool_calls_plain_and_streamed(nats_server: EmbeddedNats) -> None:
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
+    async with (
+        UpstreamServer() as upstream,
+        running_stack(nats_server.url, stand_in_config(upstream.url)) as stack,
+    ):
+        await stack.wait_ready()
+        client = stack.client()
+        completion = await client.chat.completions.create(
+            model="gpt-4.1",
+            messages=MESSAGES,
+            tools=tools,
+            tool_choice="auto",  # type: ignore[arg-type]
+        )
+        call = completion.choices[0].message.tool_calls[0]  # type: ignore[index]
+        assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {
+            "city": "Paris"
+        }
+        assert completion.choices[0].finish_reason == "tool_calls"
+        assert upstream.upstream.requests[-1].body["tool_choice"] == "auto"
+
+        stream = await client.chat.completions.create(
+            model="gpt-4.1",
+            messages=MESSAGES,
+            tools=tools,
+            stream=True,  # type: ignore[arg-type]
+        )
+        arguments = ""
+        async for chunk in stream:
+            for delta_call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+                arguments += delta_call.function.arguments or ""  # type: ignore[union-attr]
+        assert json.loads(arguments) == {"city": "Paris"}
+
+
+async def test_response_format_defaults_and_system_prompt(nats_server: EmbeddedNats) -> None:
+    schema = {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "answer",
+            "strict": True,
+            "schema": {"type": "object", "properties": {"sql": {"type": "string"}}, "required": ["sql"]},
+        },
+    }
+    async with UpstreamServer() as upstream:
+        config = stand_in_config(
+            upstream.url,
+            model_params="system_prompt: 'You are modelbus.', defaults: {temperature: 0.1, max_tokens: 64}",
+        )
+        async with running_stack(nats_server.url, config) as stack:
+            await stack.wait_ready()
+            await stack.client().chat.completions.create(
+                model="gpt-4.1",
+                messages=MESSAGES,
+                response_format=schema,
+                temperature=0.9,  # type: ignore[arg-type]
+            )
+        sent = upstream.upstream.requests[-1].body
+        assert sent["response_format"] == schema
+        assert sent["temperature"] == 0.9  # the request wins over the default
+        assert sent["max_tokens"] == 64  # the default fills what the request left out
+        assert sent["messages"][0] == {"role": "system", "content": "You are modelbus."}
+        assert sent["messages"][1:] == MESSAGES
+
+
+@pytest.mark.parametrize(
+    ("upstream_status", "exception", "client_status"),
+    [
+        (401, openai.AuthenticationError, 401),
+        (429, openai.RateLimitError, 429),
+        (404, openai.BadRequestError, 400),
+        (500, openai.InternalServerError, 502),
+    ],
+)
+async def test_upstream_errors_are_mapped_to_typed_sdk_exceptions(
+    nats_server: EmbeddedNats,
+    upstream_status: int,
+    exception: type[openai.APIStatusError],
+    client_status: int,
+) -> None:
+    async with (
+        UpstreamServer() as upstream,
+        running_stack(nats_server.url, stand_in_config(upstream.url)) as stack,
+    ):
+        await stack.wait_ready()
+        upstream.upstream.behaviour = Behaviour(fail_status=upstream_status, fail_message="upstream says no")
+        with pytest.raises(exception) as caught:
+            await stack.client().chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+        assert caught.value.status_code == client_status
+        body = caught.value.response.json()
+        assert set(body["error"]) == {"message", "type", "code", "param"}
+        assert "upstream says no" in body["error"]["message"]
+
+        # the same failure in a stream, before any chunk: an HTTP error, not a 200 stream
+        with pytest.raises(exception):
+            await stack.client().chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+
+
+async def test_unknown_model_404_and_not_ready_503(nats_server: EmbeddedNats) -> None:
+    async with UpstreamServer() as upstream:
+        upstream.upstream.behaviour = Behaviour(fail_status=401)
+        async with running_stack(nats_server.url, stand_in_config(upstream.url)) as stack:
+            client = stack.client()
+            with pytest.raises(openai.NotFoundError) as missing:
+                await client.chat.completions.create(model="no-such-model", messages=MESSAGES)
+            assert missing.value.code == "model_not_found"
+            with anyio.fail_after(10):
+                while True:  # the model is known, and in error (model.auth) from its first check
+                    try:
+                        await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+                    except openai.InternalServerError as exc:
+                        if exc.status_code == 503 and "model.auth" in exc.message:
+                            break
+                    await anyio.sleep(0.05)
+
+
+async def test_malformed_and_oversized_bodies_are_4xx_and_nothing_dies(nats_server: EmbeddedNats) -> None:
+    async with UpstreamServer() as upstream:
+        config = stand_in_config(upstream.url, extra_runtime="  http: {max_body_bytes: 2048}\n")
+        async with running_stack(nats_server.url, config) as stack:
+            await stack.wait_ready()
+            async with httpx.AsyncClient(base_url=stack.base_url) as http:
+                bad = [
+                    b"{not json",
+                    b"[]",
+                    b'{"model": "gpt-4.1"}',
+                    b'{"model": 5, "messages": []}',
+                    b'{"model": "gpt-4.1", "messages": [{"role": "wizard", "content": "x"}]}',
+                    b'{"model": "gpt-4.1", "messages": [{"role": "user", "content": "x"}], "top_p": "x"}',
+                    b'{"model": "gpt-4.1", "messages": [{"role": "user", "content": "x"}], "n": 0}',
+                ]
+                for body in bad:
+                    response = await http.post(
+                        "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+                    )
+                    assert response.status_code == 400, body
+                    assert set(response.json()["error"]) == {"message", "type", "code", "param"}
+                big = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "x" * 4096}]}
+                response = await http.post("/v1/chat/completions", json=big)
+                assert response.status_code == 413
+                assert response.json()["error"]["code"]
+                good = await http.post(
+                    "/v1/chat/completions", json={"model": "gpt-4.1", "messages": MESSAGES}
+                )
+                assert good.status_code == 200
+        assert upstream.upstream.requests  # only the good one reached the upstream
+        assert len(upstream.upstream.requests) == 1 + 1  # + the readiness check

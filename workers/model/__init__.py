@@ -1,0 +1,1 @@
+"""Model workers: the model file catalog and pull, the local (llama.cpp) and OpenAI-compatible providers."""

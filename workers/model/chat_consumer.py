@@ -1,0 +1,312 @@
+"""Pull chat requests for one model from its work queue, only into free slots, and answer on the bus.
+
+The JetStream message stays unacknowledged until the answer is committed to: the result of a plain
+request, or the first chunk of a stream. A worker that dies before that point has its request delivered
+again to another worker (after ``ack_wait``; a live worker keeps extending it), so the client sees no
+error. After the first chunk the client has seen output, so a failure becomes an error event instead.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+import anyio.abc
+import msgspec
+import nats.errors
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from schemas.chat import ChatChunk, ChatEnd, ChatFailure, ChatKeepalive, ChatRequest, ChatResult
+from schemas.subjects import CHAT_STREAM, chat_subject
+from services.config import ChatSettings, ModelConfig
+from services.runtime.jetstream import chat_consumer_config, ensure_chat_stream
+from services.runtime.worker import ModelState
+from workers.model.cancellation import Cancellations
+from workers.model.providers.base import ChatCall, Provider, ProviderError
+
+__all__ = ("ChatConsumer", "prepare_body")
+
+log = structlog.get_logger(__name__)
+_encoder = msgspec.json.Encoder()
+_request_decoder = msgspec.json.Decoder(ChatRequest)
+_body_decoder = msgspec.json.Decoder(dict[str, Any])
+FETCH_WAIT = 1.0
+
+
+def prepare_body(model: ModelConfig, body: dict[str, Any]) -> dict[str, Any]:
+    """Apply the model's configured defaults and system prompt; what the request says wins."""
+    params = model.params
+    merged = {**params.defaults, **body} if params.defaults else dict(body)
+    if params.system_prompt:
+        merged["messages"] = [{"role": "system", "content": params.system_prompt}, *merged["messages"]]
+    return merged
+
+
+class _Reply:
+    """Numbered replies to one request's ingress inbox."""
+
+    def __init__(self, nc: Client, request: ChatRequest, worker_id: str) -> None:
+        self.nc = nc
+        self.request = request
+        self.worker_id = worker_id
+        self.seq = 0
+        self.last_sent = time.monotonic()
+
+    def _next(self) -> int:
+        seq, self.seq = self.seq, self.seq + 1
+        self.last_sent = time.monotonic()
+        return seq
+
+    async def send(self, message: ChatChunk | ChatEnd | ChatResult | ChatFailure) -> None:
+        await self.nc.publish(self.request.reply_to, _encoder.encode(message))
+
+    async def chunk(self, data: bytes) -> None:
+        r = self.request
+        await self.send(
+            ChatChunk(
+                request_id=r.request_id, worker_id=self.worker_id, seq=self._next(), data=msgspec.Raw(data)
+            )
+        )
+
+    async def end(self) -> None:
+        await self.send(
+            ChatEnd(request_id=self.request.request_id, worker_id=self.worker_id, seq=self._next())
+        )
+
+    async def result(self, data: bytes) -> None:
+        r = self.request
+        await self.send(
+            ChatResult(
+                request_id=r.request_id, worker_id=self.worker_id, seq=self._next(), data=msgspec.Raw(data)
+            )
+        )
+
+    async def failure(self, error: ProviderError) -> None:
+        await self.send(
+            ChatFailure(
+                request_id=self.request.request_id,
+                worker_id=self.worker_id,
+                seq=self._next(),
+                status=error.status,
+                message=error.message,
+                error_type=error.type,
+                code=error.code,
+                param=error.param,
+            )
+        )
+
+    async def keepalive(self) -> None:
+        self.last_sent = time.monotonic()
+        keepalive = ChatKeepalive(request_id=self.request.request_id, worker_id=self.worker_id, seq=-1)
+        await self.nc.publish(self.request.reply_to, _encoder.encode(keepalive))
+
+
+class ChatConsumer:
+    def __init__(
+        self,
+        nc: Client,
+        provider: Provider,
+        model: ModelConfig,
+        *,
+        worker_id: str,
+        settings: ChatSettings,
+        cancellations: Cancellations,
+    ) -> None:
+        self.nc = nc
+        self.provider = provider
+        self.state: ModelState = provider.state
+        self.model = model
+        self.worker_id = worker_id
+        self.settings = settings
+        self.cancellations = cancellations
+        self.intake = True
+        self._slot_freed = anyio.Event()
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._active: dict[str, _Active] = {}
+
+    def stop_intake(self) -> None:
+        self.intake = False
+        self._slot_freed.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        js: JetStreamContext = self.nc.jetstream()
+        await ensure_chat_stream(js, self.settings)
+        config = chat_consumer_config(self.model.name, self.settings)
+        pull = await js.pull_subscribe(
+            chat_subject(self.model.name), durable=config.durable_name, stream=CHAT_STREAM, config=config
+        )
+        task_status.started()
+        try:
+            await self._pull_loop(pull)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await pull.unsubscribe()
+
+    async def _pull_loop(self, pull: JetStreamContext.PullSubscription) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.keep_alive)
+            while self.intake:
+                free = self.state.capacity - self.state.in_flight
+                if self.state.status.value != "ready" or free <= 0:
+                    self._slot_freed = anyio.Event()
+                    with anyio.move_on_after(0.2):
+                        await self._slot_freed.wait()
+                    continue
+                try:
+                    messages = await pull.fetch(free, timeout=FETCH_WAIT)
+                except nats.errors.TimeoutError:
+                    continue
+                except (nats.errors.ConnectionClosedError, nats.errors.Error) as exc:
+                    log.warning("chat.fetch_failed", model=self.model.name, error=type(exc).__name__)
+                    await anyio.sleep(0.5)
+                    continue
+                for msg in messages:
+                    if self.state.in_flight >= self.state.capacity or not self.intake:
+                        await msg.nak()  # more than the free slots arrived (a late pull): hand it back
+                        continue
+                    self.state.in_flight += 1
+                    self._idle = anyio.Event() if self._idle.is_set() else self._idle
+                    tg.start_soon(self._handle, msg)
+
+    def _release(self) -> None:
+        self.state.in_flight -= 1
+        self._slot_freed.set()
+        if self.state.in_flight == 0:
+            self._idle.set()
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            await self._process(msg)
+        finally:
+            self._release()
+
+    async def _process(self, msg: Msg) -> None:
+        try:
+            request = _request_decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            log.warning("chat.bad_request_message", error=str(exc))
+            await msg.term()
+            return
+        started = time.monotonic()
+        bound = log.bind(
+            request_id=request.request_id,
+            model=request.model,
+            traceparent=request.traceparent,
+            stream=request.stream,
+            worker_id=self.worker_id,
+        )
+        if time.time() >= request.deadline or self.cancellations.was_cancelled(request.request_id):
+            await msg.term()
+            bound.info(
+                "chat.request", outcome="skipped", reason="deadline passed or client left while queued"
+            )
+            return
+        active = _Active(msg, _Reply(self.nc, request, self.worker_id))
+        self.state.requests += 1
+        outcome, error_code = "ok", None
+        with anyio.CancelScope() as client_scope:
+            self.cancellations.track(request.request_id, client_scope)
+            self._active[request.request_id] = active
+            try:
+                await self._answer(request, active)
+            except ProviderError as error:
+                outcome, error_code = "error", error.code or str(error.status)
+                self.state.failures += 1
+                with anyio.CancelScope(shield=True):
+                    await active.fail(error)
+            except anyio.get_cancelled_exc_class():
+                with anyio.CancelScope(shield=True):
+                    if client_scope.cancel_called:
+                        await active.commit()  # the client left: the work is over
+                    elif not active.committed:
+                        await msg.nak()  # shutting down before any answer: another worker takes it
+                        outcome = "handed_back"
+                    else:
+                        await active.fail(SHUTDOWN)
+                        outcome = "interrupted"
+                raise
+            except Exception:  # noqa: BLE001 - one failed request must not end the worker
+                bound.exception("chat.internal_error")
+                outcome, error_code = "error", "internal"
+                self.state.failures += 1
+                with anyio.CancelScope(shield=True):
+                    await active.fail(ProviderError(500, "the model worker failed on this request"))
+            finally:
+                self._active.pop(request.request_id, None)
+                self.cancellations.forget(request.request_id)
+                bound.info(
+                    "chat.request",
+                    outcome="cancelled" if client_scope.cancel_called else outcome,
+                    error_code=error_code,
+                    committed=active.committed,
+                    duration_ms=round((time.monotonic() - started) * 1000, 2),
+                )
+
+    async def _answer(self, request: ChatRequest, active: _Active) -> None:
+        try:
+            body = prepare_body(self.model, _body_decoder.decode(request.body))
+        except msgspec.DecodeError as exc:
+            raise ProviderError(400, f"malformed request body: {exc}", type_="invalid_request_error") from exc
+        call = ChatCall(
+            request_id=request.request_id,
+            body=body,
+            include_usage=request.include_usage,
+            deadline=request.deadline,
+        )
+        try:
+            with anyio.fail_after(max(0.0, request.deadline - time.time())):
+                if request.stream:
+                    await self.provider.stream(call, active.chunk)
+                    await active.commit()
+                    await active.reply.end()
+                else:
+                    data = await self.provider.complete(call)
+                    await active.commit()
+                    await active.reply.result(data)
+        except TimeoutError:
+            raise ProviderError(504, "the request's deadline passed", code="timeout") from None
+
+    async def keep_alive(self) -> None:
+        """Extend unanswered messages' ack deadlines, and tell each ingress its worker is alive."""
+        interval = min(self.settings.keepalive, self.settings.ack_wait / 3)
+        while True:
+            await anyio.sleep(interval)
+            now = time.monotonic()
+            for active in list(self._active.values()):
+                if not active.committed:
+                    await active.msg.in_progress()
+                if now - active.reply.last_sent >= self.settings.keepalive:
+                    await active.reply.keepalive()
+
+
+SHUTDOWN = ProviderError(503, "the model worker shut down while answering", code="worker_shutdown")
+
+
+class _Active:
+    """A request being answered: its message (acknowledged once the answer is committed) and its replies."""
+
+    def __init__(self, msg: Msg, reply: _Reply) -> None:
+        self.msg = msg
+        self.reply = reply
+        self.committed = False
+
+    async def commit(self) -> None:
+        if not self.committed:
+            self.committed = True
+            await self.msg.ack()
+
+    async def chunk(self, data: bytes) -> None:
+        await self.commit()
+        await self.reply.chunk(data)
+
+    async def fail(self, error: ProviderError) -> None:
+        await self.commit()
+        await self.reply.failure(error)

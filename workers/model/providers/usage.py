@@ -1,0 +1,58 @@
+"""Token usage, and the usage chunk modelbus adds to a stream when the backend sends none."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import msgspec
+
+__all__ = ("UsageCounter", "estimate_tokens", "usage_chunk")
+
+_encoder = msgspec.json.Encoder()
+
+
+def estimate_tokens(text: str) -> int:
+    """About four characters a token, the usual rule of thumb for English with BPE tokenizers."""
+    return math.ceil(len(text) / 4) if text else 0
+
+
+def prompt_text(body: dict[str, Any]) -> str:
+    parts: list[str] = []
+    for message in body.get("messages", []):
+        content = message.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return "\n".join(parts)
+
+
+class UsageCounter:
+    """Counts what a stream produced, to compute usage when the backend reports none."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.prompt_tokens = estimate_tokens(prompt_text(body))
+        self.completion_tokens = 0
+
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+def usage_chunk(chunk_id: str, model: str, usage: dict[str, int], created: int | None = None) -> bytes:
+    """OpenAI's final stream chunk for ``stream_options.include_usage``: no choices, only usage."""
+    return _encoder.encode(
+        {
+            "id": chunk_id,
+            "object": "chat.completion.chunk",
+            "created": created or int(time.time()),
+            "model": model,
+            "choices": [],
+            "usage": usage,
+        }
+    )
