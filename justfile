@@ -45,3 +45,8 @@ check: lint types test
 fmt:
     {{ venv }}/ruff format .
     {{ venv }}/ruff check --fix .
+
+[group('check')]
+[doc('benchmarks: chat straight to a stand-in upstream and through modelbus, in one run')]
+bench *args:
+    {{ venv }}/python -m tests.bench.chat "$@"

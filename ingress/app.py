@@ -10,15 +10,16 @@ from __future__ import annotations
 from litestar import Litestar
 
 from ingress.auth import ApiKeyAuth
-from ingress.chat_dispatch import ChatDispatcher
 from ingress.controllers.chat import chat_router
 from ingress.controllers.health import health_router
 from ingress.controllers.models import models_router
+from ingress.controllers.nsql import nsql_router
 from ingress.errors import EXCEPTION_HANDLERS
 from ingress.logging_middleware import RequestLogging
 from ingress.openapi import API_KEY_SECURITY, openapi_config
 from ingress.view_store import ModelViewStore
 from services.config import Config
+from services.runtime.chat_client import ChatDispatcher
 
 __all__ = ("create_app",)
 
@@ -31,6 +32,7 @@ def create_app(config: Config, views: ModelViewStore, chat: ChatDispatcher) -> L
             health_router(views),
             models_router(views, security=security),
             chat_router(views, chat, security=security),
+            nsql_router(config, views, chat, security=security),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=config.runtime.http.max_body_bytes,

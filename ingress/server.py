@@ -21,9 +21,10 @@ import uvicorn
 from nats.aio.client import Client
 
 from ingress.app import create_app
-from ingress.chat_dispatch import ChatDispatcher
 from ingress.view_store import ModelViewStore
 from services.config import Config
+from services.runtime.chat_client import ChatDispatcher
+from services.runtime.jetstream import ensure_nsql_stream
 
 __all__ = ("IngressServer",)
 
@@ -103,6 +104,7 @@ class IngressServer:
             self._port = int(sock.getsockname()[1])
             self._views = await stack.enter_async_context(ModelViewStore(self._nc))
             self._chat = await stack.enter_async_context(ChatDispatcher(self._nc, self._config.runtime.chat))
+            await ensure_nsql_stream(self._nc.jetstream(), self._config.runtime.nsql)
             self._server = _EmbeddedUvicorn(
                 uvicorn.Config(
                     create_app(self._config, self._views, self._chat),

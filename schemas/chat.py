@@ -42,7 +42,9 @@ class _Reply(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
 
 
 class ChatChunk(_Reply, frozen=True, tag="chunk"):
-    data: msgspec.Raw  # one OpenAI ``chat.completion.chunk`` object
+    """OpenAI ``chat.completion.chunk`` objects, in order: those produced together travel together."""
+
+    data: list[msgspec.Raw]
 
 
 class ChatEnd(_Reply, frozen=True, tag="end"):

@@ -17,6 +17,9 @@ __all__ = (
     "EVENTS_STREAM",
     "HEARTBEAT_WILDCARD",
     "MODEL_VIEWS_BUCKET",
+    "NSQL_READY_SUBJECT",
+    "NSQL_STREAM",
+    "NSQL_SUBJECT",
     "PREFIX",
     "cancel_subject",
     "chat_subject",
@@ -31,6 +34,11 @@ PREFIX = "modelbus.v1"
 MODEL_VIEWS_BUCKET = "modelbus_models"
 EVENTS_STREAM = "MODELBUS_EVENTS"
 CHAT_STREAM = "MODELBUS_CHAT"
+NSQL_STREAM = "MODELBUS_NSQL"
+NSQL_SUBJECT = f"{PREFIX}.nsql"
+NSQL_READY_SUBJECT = (
+    f"{PREFIX}.nsql_ready"  # ready NSQL workers answer here (queue group), with their datasets
+)
 HEARTBEAT_WILDCARD = f"{PREFIX}.heartbeat.>"
 
 _PLAIN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")

@@ -237,3 +237,14 @@ async def test_malformed_and_oversized_bodies_are_4xx_and_nothing_dies(nats_serv
                 assert good.status_code == 200
         assert upstream.upstream.requests  # only the good one reached the upstream
         assert len(upstream.upstream.requests) == 1 + 1  # + the readiness check
+
+
+async def test_a_client_request_id_may_repeat_and_hold_any_characters(nats_server: EmbeddedNats) -> None:
+    async with UpstreamServer() as upstream, running_stack(nats_server.url, stand_in_config(upstream.url)) as stack:
+        await stack.wait_ready()
+        async with httpx.AsyncClient(base_url=stack.base_url, timeout=10) as http:
+            body = {"model": "gpt-4.1", "messages": MESSAGES}
+            for _ in range(2):  # the same id twice, with a dot: neither is dropped as a duplicate, neither hangs
+                response = await http.post("/v1/chat/completions", json=body, headers={"x-request-id": "a.b-1"})
+                assert response.status_code == 200
+                assert response.headers["x-request-id"] == "a.b-1"

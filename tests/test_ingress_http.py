@@ -16,7 +16,7 @@ import uvicorn
 from nats.aio.client import Client
 
 from ingress.app import create_app
-from ingress.chat_dispatch import ChatDispatcher
+from services.runtime.chat_client import ChatDispatcher
 from ingress.server import IngressServer
 from ingress.view_store import ModelViewStore
 from schemas.status import ModelStatus

@@ -7,6 +7,7 @@ queue, and answered from the worker's replies: one JSON body, or server-sent eve
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -18,13 +19,13 @@ from litestar.openapi.spec.security_requirement import SecurityRequirement
 from litestar.params import Body
 from litestar.response import Stream
 
-from ingress.chat_dispatch import BusUnavailable, ChatDispatcher, PendingChat, QueueFull, ReplyLost
 from ingress.errors import ApiError, error_body, error_spec
 from ingress.view_store import ModelViewStore
 from schemas.chat import ChatChunk, ChatEnd, ChatFailure, ChatReply, ChatResult
 from schemas.openai import ChatCompletionRequest
 from schemas.status import ModelStatus
 from services.config import ChatSettings
+from services.runtime.chat_client import BusUnavailable, ChatDispatcher, PendingChat, QueueFull, ReplyLost
 
 __all__ = ("chat_router",)
 
@@ -122,7 +123,7 @@ async def _events(pending: PendingChat, first: ChatReply) -> AsyncIterator[bytes
         reply = first
         while True:
             if isinstance(reply, ChatChunk):
-                yield b"data: " + bytes(reply.data) + b"\n\n"
+                yield b"".join(b"data: " + bytes(item) + b"\n\n" for item in reply.data)
             elif isinstance(reply, ChatEnd):
                 complete = True
                 yield DONE
@@ -171,7 +172,9 @@ def chat_router(
         _check_model(views, data.model)
         stream = bool(data.stream)
         include_usage = bool(stream and data.stream_options and data.stream_options.include_usage)
-        request_id: str = request.scope["state"]["request_id"]
+        # the bus id is always ours: a client's x-request-id may repeat or hold characters subjects can't
+        request_id = uuid.uuid4().hex
+        structlog.contextvars.bind_contextvars(bus_request_id=request_id)
         try:
             pending = await dispatcher.submit(
                 data.model,

@@ -4,6 +4,7 @@ from services.config.loader import ConfigError, load_config, parse_config
 from services.config.model import (
     AuthSettings,
     ChatSettings,
+    ClickHouseSettings,
     Config,
     DatasetConfig,
     HeartbeatSettings,
@@ -11,12 +12,14 @@ from services.config.model import (
     ModelConfig,
     ModelParams,
     NatsSettings,
+    NsqlSettings,
     RuntimeSettings,
 )
 
 __all__ = (
     "AuthSettings",
     "ChatSettings",
+    "ClickHouseSettings",
     "Config",
     "ConfigError",
     "DatasetConfig",
@@ -25,6 +28,7 @@ __all__ = (
     "ModelConfig",
     "ModelParams",
     "NatsSettings",
+    "NsqlSettings",
     "RuntimeSettings",
     "load_config",
     "parse_config",

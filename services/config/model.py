@@ -111,7 +111,11 @@ class ClickHouseSettings(_Section, frozen=True):
 class NsqlSettings(_Section, frozen=True):
     """Text-to-SQL: attempts per request and how much context goes into the prompt."""
 
+    model: str | None = None  # the default model for /v1/nsql (else the one model with datasets)
     max_attempts: PositiveInt = 3
+    capacity: PositiveInt = 4  # requests one NSQL worker runs at once
+    queue_depth: PositiveInt = 256
+    request_timeout: Seconds = 120.0
     max_context_datasets: PositiveInt = 4
     sample_rows: Annotated[int, msgspec.Meta(ge=0)] = 3
     distinct_values: Annotated[int, msgspec.Meta(ge=0)] = 10

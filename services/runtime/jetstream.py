@@ -19,14 +19,24 @@ from schemas.subjects import (
     CHAT_STREAM,
     EVENTS_STREAM,
     MODEL_VIEWS_BUCKET,
+    NSQL_STREAM,
+    NSQL_SUBJECT,
     PREFIX,
     chat_subject,
     encode_token,
     events_wildcard,
 )
-from services.config import ChatSettings
+from services.config import ChatSettings, NsqlSettings
 
-__all__ = ("chat_consumer_config", "ensure_chat_stream", "ensure_events_stream", "model_views")
+__all__ = (
+    "chat_consumer_config",
+    "ensure_chat_stream",
+    "ensure_consumer",
+    "ensure_events_stream",
+    "ensure_nsql_stream",
+    "model_views",
+    "nsql_consumer_config",
+)
 
 EVENTS_MAX_AGE_S = 7 * 24 * 3600
 EVENTS_PER_SUBJECT = 10_000
@@ -84,6 +94,43 @@ def chat_consumer_config(model: str, settings: ChatSettings) -> ConsumerConfig:
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=settings.ack_wait,
         max_deliver=settings.max_deliver,
+        max_ack_pending=-1,
+        max_waiting=4096,
+    )
+
+
+async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
+    """Create the durable consumer, or bring its settings up to date (idempotent)."""
+    await js.add_consumer(stream, config)
+
+
+async def ensure_nsql_stream(js: JetStreamContext, settings: NsqlSettings) -> None:
+    """The work queue behind ``modelbus.v1.nsql``, bounded like the chat queues."""
+    config = StreamConfig(
+        name=NSQL_STREAM,
+        subjects=[NSQL_SUBJECT],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        max_msgs_per_subject=settings.queue_depth,
+        discard=DiscardPolicy.NEW,
+        discard_new_per_subject=True,
+        max_age=settings.request_timeout * 2,
+        duplicate_window=min(120.0, settings.request_timeout),
+    )
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        await js.update_stream(config)
+
+
+def nsql_consumer_config(ack_wait: float) -> ConsumerConfig:
+    """The durable pull consumer every NSQL worker shares."""
+    return ConsumerConfig(
+        durable_name="nsql",
+        filter_subject=NSQL_SUBJECT,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ack_wait,
+        max_deliver=5,
         max_ack_pending=-1,
         max_waiting=4096,
     )

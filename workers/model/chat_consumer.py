@@ -14,19 +14,20 @@ from typing import Any
 import anyio
 import anyio.abc
 import msgspec
-import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from schemas.chat import ChatChunk, ChatEnd, ChatFailure, ChatKeepalive, ChatRequest, ChatResult
-from schemas.subjects import CHAT_STREAM, chat_subject
+from schemas.status import ModelStatus
+from schemas.subjects import CHAT_STREAM
 from services.config import ChatSettings, ModelConfig
-from services.runtime.jetstream import chat_consumer_config, ensure_chat_stream
+from services.runtime.jetstream import chat_consumer_config, ensure_chat_stream, ensure_consumer
 from services.runtime.worker import ModelState
 from workers.model.cancellation import Cancellations
 from workers.model.providers.base import ChatCall, Provider, ProviderError
+from workers.model.work_queue import WorkQueueReader
 
 __all__ = ("ChatConsumer", "prepare_body")
 
@@ -34,7 +35,7 @@ log = structlog.get_logger(__name__)
 _encoder = msgspec.json.Encoder()
 _request_decoder = msgspec.json.Decoder(ChatRequest)
 _body_decoder = msgspec.json.Decoder(dict[str, Any])
-FETCH_WAIT = 1.0
+PULL_RECHECK = 0.5  # also re-ask after a reconnect, or when the model turns ready
 
 
 def prepare_body(model: ModelConfig, body: dict[str, Any]) -> dict[str, Any]:
@@ -49,12 +50,15 @@ def prepare_body(model: ModelConfig, body: dict[str, Any]) -> dict[str, Any]:
 class _Reply:
     """Numbered replies to one request's ingress inbox."""
 
-    def __init__(self, nc: Client, request: ChatRequest, worker_id: str) -> None:
+    def __init__(self, nc: Client, request: ChatRequest, worker_id: str, tg: anyio.abc.TaskGroup) -> None:
         self.nc = nc
         self.request = request
         self.worker_id = worker_id
         self.seq = 0
         self.last_sent = time.monotonic()
+        self._tg = tg
+        self._pending: list[msgspec.Raw] = []
+        self._flush_scheduled = False
 
     def _next(self) -> int:
         seq, self.seq = self.seq, self.seq + 1
@@ -64,15 +68,25 @@ class _Reply:
     async def send(self, message: ChatChunk | ChatEnd | ChatResult | ChatFailure) -> None:
         await self.nc.publish(self.request.reply_to, _encoder.encode(message))
 
-    async def chunk(self, data: bytes) -> None:
+    def chunk(self, data: bytes) -> None:
+        """Queue a chunk; the chunks a provider yields without waiting go out together in one message."""
+        self._pending.append(msgspec.Raw(data))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._tg.start_soon(self.flush)
+
+    async def flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._pending:
+            return
+        items, self._pending = self._pending, []
         r = self.request
         await self.send(
-            ChatChunk(
-                request_id=r.request_id, worker_id=self.worker_id, seq=self._next(), data=msgspec.Raw(data)
-            )
+            ChatChunk(request_id=r.request_id, worker_id=self.worker_id, seq=self._next(), data=items)
         )
 
     async def end(self) -> None:
+        await self.flush()
         await self.send(
             ChatEnd(request_id=self.request.request_id, worker_id=self.worker_id, seq=self._next())
         )
@@ -86,6 +100,7 @@ class _Reply:
         )
 
     async def failure(self, error: ProviderError) -> None:
+        await self.flush()
         await self.send(
             ChatFailure(
                 request_id=self.request.request_id,
@@ -124,14 +139,14 @@ class ChatConsumer:
         self.settings = settings
         self.cancellations = cancellations
         self.intake = True
-        self._slot_freed = anyio.Event()
+        self._changed = anyio.Event()
         self._idle = anyio.Event()
         self._idle.set()
         self._active: dict[str, _Active] = {}
 
     def stop_intake(self) -> None:
         self.intake = False
-        self._slot_freed.set()
+        self._changed.set()
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
@@ -140,55 +155,51 @@ class ChatConsumer:
         js: JetStreamContext = self.nc.jetstream()
         await ensure_chat_stream(js, self.settings)
         config = chat_consumer_config(self.model.name, self.settings)
-        pull = await js.pull_subscribe(
-            chat_subject(self.model.name), durable=config.durable_name, stream=CHAT_STREAM, config=config
-        )
-        task_status.started()
-        try:
-            await self._pull_loop(pull)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await pull.unsubscribe()
-
-    async def _pull_loop(self, pull: JetStreamContext.PullSubscription) -> None:
+        await ensure_consumer(js, CHAT_STREAM, config)
         async with anyio.create_task_group() as tg:
+            reader = WorkQueueReader(
+                self.nc, stream=CHAT_STREAM, consumer=str(config.durable_name),
+                on_message=lambda msg: self._take(msg, tg), on_change=self._wake,
+            )  # fmt: skip
+            await reader.start()
+            task_status.started()
             tg.start_soon(self.keep_alive)
-            while self.intake:
-                free = self.state.capacity - self.state.in_flight
-                if self.state.status.value != "ready" or free <= 0:
-                    self._slot_freed = anyio.Event()
-                    with anyio.move_on_after(0.2):
-                        await self._slot_freed.wait()
-                    continue
-                try:
-                    messages = await pull.fetch(free, timeout=FETCH_WAIT)
-                except nats.errors.TimeoutError:
-                    continue
-                except (nats.errors.ConnectionClosedError, nats.errors.Error) as exc:
-                    log.warning("chat.fetch_failed", model=self.model.name, error=type(exc).__name__)
-                    await anyio.sleep(0.5)
-                    continue
-                for msg in messages:
-                    if self.state.in_flight >= self.state.capacity or not self.intake:
-                        await msg.nak()  # more than the free slots arrived (a late pull): hand it back
-                        continue
-                    self.state.in_flight += 1
-                    self._idle = anyio.Event() if self._idle.is_set() else self._idle
-                    tg.start_soon(self._handle, msg)
+            try:
+                while self.intake:
+                    if self.state.status is ModelStatus.READY:
+                        await reader.ask(self.state.capacity - self.state.in_flight)
+                    self._changed = anyio.Event()
+                    with anyio.move_on_after(PULL_RECHECK):
+                        await self._changed.wait()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await reader.stop()
+
+    def _wake(self) -> None:
+        self._changed.set()
+
+    def _take(self, msg: Msg, tg: anyio.abc.TaskGroup) -> None:
+        if self.state.in_flight >= self.state.capacity or not self.intake:
+            tg.start_soon(msg.nak)  # more arrived than there are slots (or we are stopping): hand it back
+            return
+        self.state.in_flight += 1
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        tg.start_soon(self._handle, msg, tg)
 
     def _release(self) -> None:
         self.state.in_flight -= 1
-        self._slot_freed.set()
+        self._changed.set()
         if self.state.in_flight == 0:
             self._idle.set()
 
-    async def _handle(self, msg: Msg) -> None:
+    async def _handle(self, msg: Msg, tg: anyio.abc.TaskGroup) -> None:
         try:
-            await self._process(msg)
+            await self._process(msg, tg)
         finally:
             self._release()
 
-    async def _process(self, msg: Msg) -> None:
+    async def _process(self, msg: Msg, tg: anyio.abc.TaskGroup) -> None:
         try:
             request = _request_decoder.decode(msg.data)
         except msgspec.DecodeError as exc:
@@ -209,7 +220,7 @@ class ChatConsumer:
                 "chat.request", outcome="skipped", reason="deadline passed or client left while queued"
             )
             return
-        active = _Active(msg, _Reply(self.nc, request, self.worker_id))
+        active = _Active(msg, _Reply(self.nc, request, self.worker_id, tg))
         self.state.requests += 1
         outcome, error_code = "ok", None
         with anyio.CancelScope() as client_scope:
@@ -282,9 +293,9 @@ class ChatConsumer:
             now = time.monotonic()
             for active in list(self._active.values()):
                 if not active.committed:
-                    await active.msg.in_progress()
-                if now - active.reply.last_sent >= self.settings.keepalive:
-                    await active.reply.keepalive()
+                    await active.msg.in_progress()  # not answered yet: JetStream must not redeliver it
+                elif now - active.reply.last_sent >= self.settings.keepalive:
+                    await active.reply.keepalive()  # answering: the ingress must not give up on us
 
 
 SHUTDOWN = ProviderError(503, "the model worker shut down while answering", code="worker_shutdown")
@@ -305,7 +316,7 @@ class _Active:
 
     async def chunk(self, data: bytes) -> None:
         await self.commit()
-        await self.reply.chunk(data)
+        self.reply.chunk(data)
 
     async def fail(self, error: ProviderError) -> None:
         await self.commit()

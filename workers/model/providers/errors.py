@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-import httpx
+import asyncio
+from http import HTTPStatus
+
+import aiohttp
 import msgspec
 
 from schemas.status import ErrorCategory, ErrorInfo, ErrorType
 from workers.model.providers.base import ProviderError
 
-__all__ = ("classify_status", "classify_transport", "client_status", "upstream_error", "upstream_message")
+__all__ = (
+    "UpstreamResponse",
+    "classify_status",
+    "classify_transport",
+    "client_status",
+    "transport_error",
+    "upstream_error",
+    "upstream_message",
+)
 
 _BY_STATUS = {
     401: ErrorType.AUTH,
@@ -18,17 +29,25 @@ _BY_STATUS = {
     429: ErrorType.RATE_LIMIT,
     504: ErrorType.TIMEOUT,
 }
+TransportFailure = aiohttp.ClientError | asyncio.TimeoutError
 
 
 class _UpstreamError(msgspec.Struct):
     message: str = ""
     type: str | None = None
-    code: str | None = None
+    code: str | int | None = None
     param: str | None = None
 
 
 class _UpstreamErrorBody(msgspec.Struct):
     error: _UpstreamError | str | None = None
+
+
+class UpstreamResponse(msgspec.Struct, frozen=True):
+    """The facts of a failed upstream response that classification looks at."""
+
+    status: int
+    body: bytes
 
 
 def classify_status(status: int) -> ErrorInfo:
@@ -43,20 +62,27 @@ def classify_status(status: int) -> ErrorInfo:
     return ErrorInfo.of(ErrorCategory.MODEL, type_)
 
 
-def classify_transport(exc: httpx.TransportError) -> ErrorInfo:
-    if isinstance(exc, httpx.TimeoutException):
+def classify_transport(exc: TransportFailure) -> ErrorInfo:
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return ErrorInfo.of(ErrorCategory.MODEL, ErrorType.TIMEOUT)
     return ErrorInfo.of(ErrorCategory.MODEL, ErrorType.CONNECTION)
 
 
-def upstream_message(response: httpx.Response) -> str:
-    """The provider's own error message (OpenAI's ``{"error": {"message"}}``), else the status line."""
+def _error_of(response: UpstreamResponse) -> _UpstreamError | str | None:
     try:
-        body = msgspec.json.decode(response.content, type=_UpstreamErrorBody)
+        return msgspec.json.decode(response.body, type=_UpstreamErrorBody).error
     except msgspec.DecodeError:
-        body = _UpstreamErrorBody()
-    detail = body.error.message if isinstance(body.error, _UpstreamError) else body.error
-    reason = f"{response.status_code} {response.reason_phrase}".strip()
+        return None
+
+
+def upstream_message(response: UpstreamResponse) -> str:
+    """The provider's own error message (OpenAI's ``{"error": {"message"}}``), else the status line."""
+    error = _error_of(response)
+    detail = error.message if isinstance(error, _UpstreamError) else error
+    try:
+        reason = f"{response.status} {HTTPStatus(response.status).phrase}"
+    except ValueError:
+        reason = str(response.status)
     return f"{reason}: {detail}" if detail else reason
 
 
@@ -67,16 +93,20 @@ def client_status(upstream_status: int) -> int:
     return 400 if 400 <= upstream_status < 500 else 502
 
 
-def upstream_error(response: httpx.Response) -> ProviderError:
-    try:
-        body = msgspec.json.decode(response.content, type=_UpstreamErrorBody)
-    except msgspec.DecodeError:
-        body = _UpstreamErrorBody()
-    error = body.error if isinstance(body.error, _UpstreamError) else _UpstreamError()
+def upstream_error(response: UpstreamResponse) -> ProviderError:
+    error = _error_of(response)
+    detail = error if isinstance(error, _UpstreamError) else _UpstreamError()
+    status = response.status
     return ProviderError(
-        client_status(response.status_code),
+        client_status(status),
         f"upstream error: {upstream_message(response)}",
-        type_=error.type or ("invalid_request_error" if response.status_code < 500 else "server_error"),
-        code=error.code,
-        param=error.param,
+        type_=detail.type or ("invalid_request_error" if status < 500 else "server_error"),
+        code=None if detail.code is None else str(detail.code),
+        param=detail.param,
     )
+
+
+def transport_error(exc: TransportFailure, endpoint: str) -> ProviderError:
+    if classify_transport(exc).type is ErrorType.TIMEOUT:
+        return ProviderError(504, f"the upstream model at {endpoint} did not answer in time", code="timeout")
+    return ProviderError(502, f"cannot reach the upstream model at {endpoint}: {type(exc).__name__}")

@@ -1,6 +1,7 @@
-"""The ingress side of chat on the bus: publish a request onto its model's work queue, route the replies.
+"""The client side of chat on the bus: publish a request onto its model's work queue, route the replies.
 
-One inbox subscription per ingress process carries every reply; the last subject token says which HTTP
+The ingress uses it for HTTP clients, and the NSQL worker to ask a model for SQL. One inbox subscription
+per process carries every reply; the last subject token says which HTTP
 request it belongs to. Replies are checked for order (``seq``) and for a worker that went silent, so a
 client never waits on a dead worker and never gets a stream with a hole in it.
 """
@@ -21,7 +22,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.errors import APIError
 
-from schemas.chat import ChatFailure, ChatKeepalive, ChatReply, ChatRequest
+from schemas.chat import ChatKeepalive, ChatReply, ChatRequest
 from schemas.subjects import cancel_subject, chat_subject
 from services.config import ChatSettings
 from services.runtime.jetstream import ensure_chat_stream
@@ -71,12 +72,11 @@ class PendingChat:
         """The next reply. Raises TimeoutError past the deadline, ReplyLost on silence or a gap."""
         while True:
             reply: ChatReply = _reply_decoder.decode(await self._receive_one())
-            if self.worker_id is None:
-                self.worker_id = reply.worker_id
-            elif reply.worker_id != self.worker_id:
-                continue  # a late duplicate delivery answered too: only the first worker counts
+            if self.worker_id is not None and reply.worker_id != self.worker_id:
+                continue  # a late duplicate delivery answered too: only the first worker that answered counts
             if isinstance(reply, ChatKeepalive):
-                continue
+                continue  # a sign of life (it does not bind: only an answer commits a worker)
+            self.worker_id = reply.worker_id
             if reply.seq != self._next_seq:
                 raise ReplyLost(
                     f"reply {self._next_seq} of request {self.request_id} went missing (got {reply.seq})"
@@ -154,41 +154,50 @@ class ChatDispatcher:
         timeout: float | None = None,
     ) -> PendingChat:
         """Queue the request for ``model``'s workers. Raises QueueFull or BusUnavailable."""
-        if not self.nc.is_connected:
-            raise BusUnavailable("not connected to NATS")
         deadline = time.time() + (timeout or self.settings.request_timeout)
-        send, receive = anyio.create_memory_object_stream[bytes](BUFFERED_REPLIES)
-        self._routes[request_id] = send
         request = ChatRequest(
             request_id=request_id,
             model=model,
             body=msgspec.Raw(body),
             stream=stream,
             include_usage=include_usage,
-            reply_to=f"{self._inbox}.{request_id}",
+            reply_to=self.reply_subject(request_id),
             deadline=deadline,
             traceparent=traceparent,
         )
+        receive = await self.enqueue(chat_subject(model), _encoder.encode(request), request_id=request_id)
+        return PendingChat(self, request_id, receive, deadline)
+
+    def reply_subject(self, request_id: str) -> str:
+        """Where replies to ``request_id`` must go to come back to this process."""
+        return f"{self._inbox}.{request_id}"
+
+    async def enqueue(
+        self, subject: str, payload: bytes, *, request_id: str
+    ) -> MemoryObjectReceiveStream[bytes]:
+        """Publish onto a work queue, routing replies for ``request_id`` to the returned stream.
+
+        Raises QueueFull when the queue is at its bound, BusUnavailable when NATS can't take it; the
+        caller must :meth:`forget` the request once done with the replies.
+        """
+        if not self.nc.is_connected:
+            raise BusUnavailable("not connected to NATS")
+        send, receive = anyio.create_memory_object_stream[bytes](BUFFERED_REPLIES)
+        self._routes[request_id] = send
         try:
-            await self._js.publish(
-                chat_subject(model), _encoder.encode(request), timeout=5, headers={"Nats-Msg-Id": request_id}
-            )
+            await self._js.publish(subject, payload, timeout=5, headers={"Nats-Msg-Id": request_id})
         except APIError as exc:
             self.forget(request_id)
             if exc.err_code in QUEUE_FULL_CODES:
-                raise QueueFull(model) from exc
+                raise QueueFull(subject) from exc
             raise BusUnavailable(str(exc)) from exc
         except (nats.errors.Error, TimeoutError) as exc:
             self.forget(request_id)
             raise BusUnavailable(type(exc).__name__) from exc
-        return PendingChat(self, request_id, receive, deadline)
+        return receive
 
     async def cancel(self, request_id: str) -> None:
         try:
             await self.nc.publish(cancel_subject(request_id), b"")
         except nats.errors.Error:
             log.warning("chat.cancel_not_sent", request_id=request_id)
-
-
-def is_failure(reply: ChatReply) -> bool:
-    return isinstance(reply, ChatFailure)

@@ -1,0 +1,211 @@
+"""``POST /v1/nsql``: a question in English, answered from the datasets by an NSQL worker over the bus.
+
+The ingress resolves the model and the datasets (so a mistake is a 400 at once), negotiates the format
+from ``Accept``, and queues the request; the NSQL worker asks the model for SQL over the same chat path
+clients use, checks and runs it, renders the answer, and the body comes back as it is.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any
+
+import anyio
+import msgspec
+import nats.errors
+import structlog
+from litestar import Request, Response, Router, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec.security_requirement import SecurityRequirement
+from litestar.params import Body
+
+from ingress.errors import ApiError, error_spec
+from ingress.view_store import ModelViewStore
+from schemas.nsql import NsqlQuery, NsqlReply, NsqlRequest, negotiate
+from schemas.status import ModelStatus
+from schemas.subjects import NSQL_READY_SUBJECT, NSQL_SUBJECT
+from services.config import Config, ModelConfig
+from services.runtime.chat_client import BusUnavailable, ChatDispatcher, QueueFull
+
+__all__ = ("nsql_router",)
+
+log = structlog.get_logger(__name__)
+_encoder = msgspec.json.Encoder()
+_reply_decoder = msgspec.json.Decoder(NsqlReply)
+NsqlBody = Annotated[NsqlQuery, Body(description="The question, and optionally the model and datasets")]
+READY_CACHE_S = 1.0
+
+
+def default_model(config: Config) -> ModelConfig:
+    """The configured NSQL model, else the only model with datasets, else the only model."""
+    if config.runtime.nsql.model:
+        found = config.model(config.runtime.nsql.model)
+        if found is not None:
+            return found
+    with_datasets = [m for m in config.models if m.datasets]
+    candidates = with_datasets if with_datasets else list(config.models)
+    if len(candidates) == 1:
+        return candidates[0]
+    names = ", ".join(m.name for m in candidates) or "(none configured)"
+    raise ApiError(
+        400,
+        f"No model given and no single default; choose one of: {names}",
+        code="model_required",
+        param="model",
+    )
+
+
+def resolve(config: Config, query: NsqlQuery) -> tuple[ModelConfig, tuple[str, ...]]:
+    if query.model is None:
+        model = default_model(config)
+    else:
+        found = config.model(query.model)
+        if found is None:
+            names = ", ".join(m.name for m in config.models)
+            raise ApiError(
+                400,
+                f"Model `{query.model}` not found; models: {names}",
+                code="model_not_found",
+                param="model",
+            )
+        model = found
+    allowed = model.datasets or tuple(d.name for d in config.datasets)
+    if query.datasets is None:
+        if not allowed:
+            raise ApiError(400, "No datasets are configured", code="dataset_not_found", param="datasets")
+        return model, allowed
+    known = {d.name for d in config.datasets}
+    for name in query.datasets:
+        if name not in known:
+            raise ApiError(
+                400,
+                f"Dataset `{name}` not found; datasets: {', '.join(sorted(known))}",
+                code="dataset_not_found",
+                param="datasets",
+            )
+        if name not in allowed:
+            raise ApiError(
+                400,
+                f"Dataset `{name}` is not available to model `{model.name}`",
+                code="dataset_not_allowed",
+                param="datasets",
+            )
+    return model, tuple(dict.fromkeys(query.datasets))
+
+
+class _WorkerPresence:
+    """Whether a ready NSQL worker answers, asked at most once a second."""
+
+    def __init__(self, dispatcher: ChatDispatcher) -> None:
+        self._nc = dispatcher.nc
+        self._ready_until = 0.0
+
+    async def check(self) -> None:
+        if time.monotonic() < self._ready_until:
+            return
+        try:
+            await self._nc.request(NSQL_READY_SUBJECT, b"", timeout=1.0)
+        except (
+            nats.errors.NoRespondersError,
+            nats.errors.TimeoutError,
+            TimeoutError,
+            nats.errors.Error,
+        ) as exc:
+            raise ApiError(
+                503, "No NSQL worker is ready", code="nsql_unavailable", headers={"Retry-After": "1"}
+            ) from exc
+        self._ready_until = time.monotonic() + READY_CACHE_S
+
+
+def _responses() -> dict[int, ResponseSpec]:
+    return {
+        400: error_spec(
+            "Unknown model or dataset, bad body, or SQL that still failed after the last attempt"
+        ),
+        429: error_spec("The NSQL queue is full (see Retry-After)"),
+        503: error_spec("No ready model or NSQL worker"),
+        504: error_spec("The deadline passed"),
+        200: ResponseSpec(
+            data_container=list[dict[str, Any]],
+            description="Rows as JSON (default); with other Accept types: the vnd envelope, SQL, CSV or text",
+        ),
+    }
+
+
+def nsql_router(
+    config: Config,
+    views: ModelViewStore,
+    dispatcher: ChatDispatcher,
+    *,
+    security: list[SecurityRequirement] | None,
+) -> Router:
+    presence = _WorkerPresence(dispatcher)
+    settings = config.runtime.nsql
+
+    @post(
+        "/nsql",
+        summary="Answer a question in English from the datasets (text-to-SQL on ClickHouse)",
+        status_code=200,
+        security=security,
+        responses=_responses(),
+    )
+    async def nsql(request: Request[Any, Any, Any], data: NsqlBody) -> Response[Any]:
+        model, datasets = resolve(config, data)
+        view = views.get(model.name)
+        if view is None or view.status is not ModelStatus.READY:
+            status = view.status.value if view is not None else "unknown"
+            raise ApiError(
+                503,
+                f"The model `{model.name}` is not ready: its status is {status}",
+                code="model_not_ready",
+                param="model",
+                headers={"Retry-After": "1"},
+            )
+        await presence.check()
+        fmt = negotiate(request.headers.get("accept"))
+        request_id = uuid.uuid4().hex
+        structlog.contextvars.bind_contextvars(bus_request_id=request_id)
+        deadline = time.time() + settings.request_timeout
+        message = NsqlRequest(
+            request_id=request_id,
+            query=data.query,
+            model=model.name,
+            datasets=datasets,
+            sample_data_enabled=data.sample_data_enabled,
+            format=fmt,
+            reply_to=dispatcher.reply_subject(request_id),
+            deadline=deadline,
+            traceparent=request.headers.get("traceparent"),
+        )
+        try:
+            replies = await dispatcher.enqueue(NSQL_SUBJECT, _encoder.encode(message), request_id=request_id)
+        except QueueFull as exc:
+            raise ApiError(
+                429,
+                "The NSQL queue is full; retry later",
+                code="queue_full",
+                headers={"Retry-After": str(config.runtime.chat.retry_after)},
+            ) from exc
+        except BusUnavailable as exc:
+            raise ApiError(
+                503,
+                "The message bus is unavailable; retry shortly",
+                code="bus_unavailable",
+                headers={"Retry-After": "1"},
+            ) from exc
+        try:
+            with anyio.fail_after(max(0.0, deadline - time.time())):
+                reply = _reply_decoder.decode(await replies.receive())
+        except TimeoutError as exc:
+            await dispatcher.cancel(request_id)
+            raise ApiError(504, "The question was not answered in time", code="timeout") from exc
+        finally:
+            dispatcher.forget(request_id)
+        if reply.status != 200:
+            raise ApiError(
+                reply.status, reply.error_message or "NSQL failed", code=reply.error_code or "nsql_failed"
+            )
+        return Response(content=reply.body.encode(), status_code=200, media_type=fmt.content_type)
+
+    return Router(path="/v1", route_handlers=[nsql])

@@ -1,0 +1,91 @@
+"""NSQL on the bus: the request an NSQL worker pulls from ``modelbus.v1.nsql``, and its one reply.
+
+The response format travels with the request (the ingress negotiates it from ``Accept``), so the worker
+renders the body and the ingress passes it through. :func:`negotiate` is Spice's rule:
+``application/sql`` anywhere in the header means "the SQL only, not executed"; otherwise the first
+recognised media type in header order wins; q-values and other parameters are ignored; a missing, empty,
+wildcard or unknown header gives JSON.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated
+
+import msgspec
+
+__all__ = ("NsqlQuery", "NsqlReply", "NsqlRequest", "ResponseFormat", "negotiate")
+
+
+class ResponseFormat(enum.StrEnum):
+    JSON = "application/json"
+    VND = "application/vnd.spiceai.nsql.v1+json"
+    SQL = "application/sql"
+    CSV = "text/csv"
+    TEXT = "text/plain"
+
+    @property
+    def content_type(self) -> str:
+        """The ``Content-Type`` of a response in this format."""
+        if self in (ResponseFormat.JSON, ResponseFormat.VND):
+            return self.value
+        return f"{self.value}; charset=utf-8"
+
+    @property
+    def executes(self) -> bool:
+        """Whether the statement runs (every format but SQL only)."""
+        return self is not ResponseFormat.SQL
+
+
+_BY_MEDIA_TYPE = {f.value: f for f in ResponseFormat}
+
+
+def negotiate(accept: str | None) -> ResponseFormat:
+    """The response format for an ``Accept`` header (see the module docstring for the rule)."""
+    if not accept:
+        return ResponseFormat.JSON
+    media_types = [part.split(";", 1)[0].strip().lower() for part in accept.split(",")]
+    if ResponseFormat.SQL.value in media_types:
+        return ResponseFormat.SQL
+    for media_type in media_types:
+        found = _BY_MEDIA_TYPE.get(media_type)
+        if found is not None:
+            return found
+    return ResponseFormat.JSON
+
+
+class NsqlRequest(
+    msgspec.Struct, frozen=True, kw_only=True, tag="modelbus.v1.nsql_request", tag_field="type"
+):
+    request_id: str
+    query: str
+    model: str  # resolved by the ingress (the request's, or the default)
+    datasets: tuple[str, ...]  # resolved by the ingress (the request's, or the model's)
+    sample_data_enabled: bool = False
+    format: ResponseFormat = ResponseFormat.JSON
+    reply_to: str
+    deadline: float  # unix seconds
+    traceparent: str | None = None
+
+
+class NsqlReply(msgspec.Struct, frozen=True, kw_only=True, tag="modelbus.v1.nsql_reply", tag_field="type"):
+    """The whole answer: a rendered body on success, or an OpenAI-shaped error with its HTTP status."""
+
+    request_id: str
+    worker_id: str
+    status: int
+    content_type: str = "application/json"
+    body: str = ""
+    sql: str | None = None
+    error_message: str | None = None
+    error_code: str | None = None
+    attempts: int = 0
+
+
+class NsqlQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The body of ``POST /v1/nsql`` (Spice's request; ``sampledataenabled`` is not accepted)."""
+
+    query: Annotated[str, msgspec.Meta(min_length=1, max_length=4000)]
+    model: str | None = None
+    datasets: list[Annotated[str, msgspec.Meta(min_length=1)]] | None = None
+    sample_data_enabled: bool = False

@@ -1,0 +1,1 @@
+"""Benchmarks (``just bench``): scripts, not tests; they print figures and assert nothing."""
