@@ -50,3 +50,8 @@ fmt:
 [doc('benchmarks: chat straight to a stand-in upstream and through modelbus, in one run')]
 bench *args:
     {{ venv }}/python -m tests.bench.chat "$@"
+
+[group('dev')]
+[doc('re-pin requirements/*.txt from the *.in files and the installed venv')]
+lock:
+    {{ venv }}/python requirements/lock.py
