@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     model_worker = worker_sub.add_parser("model", help="host models (default: every configured model)")
     _common(model_worker)
     model_worker.add_argument("--model", action="append", default=[], help="host this model (repeatable)")
+    _common(worker_sub.add_parser("nsql", help="answer NSQL questions from the configured datasets"))
     check = sub.add_parser("check-config", help="validate the configuration file and exit")
     check.add_argument("--config", default=os.environ.get("MODELBUS_CONFIG", "modelbus.yaml"))
     models = sub.add_parser("models", help="manage local model files")
@@ -131,6 +132,8 @@ def _entry(
             )
 
         return ingress
+    if args.kind == "nsql":
+        return _nsql_worker(config, config_path, url)
     from workers.model.worker import ModelWorker
 
     names = args.model or [m.name for m in config.models]
@@ -150,6 +153,24 @@ def _entry(
         )
 
     return model_worker
+
+
+def _nsql_worker(config: Config, config_path: Path, url: str) -> Callable[[], Coroutine[Any, Any, None]]:
+    from services.runtime.lifecycle import run_service
+    from workers.nsql.worker import NsqlWorker
+
+    if not config.datasets:
+        raise _Refused("no datasets are configured: an NSQL worker answers from `datasets:`")
+
+    async def nsql_worker() -> None:
+        await run_service(
+            config,
+            url,
+            name="nsql-worker",
+            factory=lambda nc: NsqlWorker(nc, config, config_dir=config_path.parent),
+        )
+
+    return nsql_worker
 
 
 if __name__ == "__main__":

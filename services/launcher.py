@@ -2,9 +2,10 @@
 
 With ``runtime.nats.url: embedded`` it first starts nats-server from the venv (loopback only, data under
 the state directory) and publishes its URL in ``<state_dir>/nats.url`` so that more workers started by
-hand on this machine find it. It then starts the registry, one model worker per configured model and the
-ingress; a process that dies is restarted with backoff. SIGINT or SIGTERM stops them in reverse order
-(the ingress first), each within a bounded time, and then the server.
+hand on this machine find it. It then starts the registry, one model worker per configured model, one
+NSQL worker when datasets are configured, and the ingress; a process that dies is restarted with backoff.
+SIGINT or SIGTERM stops them in reverse order (the ingress first), each within a bounded time, and then
+the server.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = ("Launcher",)
 log = structlog.get_logger(__name__)
 
 RESTART_MAX_BACKOFF = 30.0
+HEALTHY_RUN = 60.0
 
 
 class Child:
@@ -45,9 +47,12 @@ class Child:
         while True:
             self.process = await anyio.open_process(self.argv, stdin=None, stdout=None, stderr=None)
             log.info("launcher.started", child=self.name, pid=self.process.pid)
+            started = anyio.current_time()
             code = await self.process.wait()
             if self._stopped():
                 return
+            if anyio.current_time() - started > HEALTHY_RUN:
+                backoff = 1.0  # it ran well for a while: this is a new failure, not the same crash loop
             log.error("launcher.child_exited", child=self.name, code=code, restart_in_s=backoff)
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, RESTART_MAX_BACKOFF)
@@ -99,6 +104,8 @@ class Launcher:
             )
             for m in self.config.models
         ]
+        if self.config.datasets:
+            children.append(Child("nsql-worker", self._argv("worker", "nsql", url=url), stop_timeout=grace))
         children.append(Child("ingress", self._argv("ingress", url=url), stop_timeout=grace))
         return children
 

@@ -183,6 +183,8 @@ async def test_upstream_errors_are_mapped_to_typed_sdk_exceptions(
         assert set(body["error"]) == {"message", "type", "code", "param"}
         assert "upstream says no" in body["error"]["message"]
 
+        if upstream_status == 401:
+            return  # a revoked key also turns the model to error (its own test, below)
         # the same failure in a stream, before any chunk: an HTTP error, not a 200 stream
         with pytest.raises(exception):
             await stack.client().chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
@@ -240,11 +242,39 @@ async def test_malformed_and_oversized_bodies_are_4xx_and_nothing_dies(nats_serv
 
 
 async def test_a_client_request_id_may_repeat_and_hold_any_characters(nats_server: EmbeddedNats) -> None:
-    async with UpstreamServer() as upstream, running_stack(nats_server.url, stand_in_config(upstream.url)) as stack:
+    async with (
+        UpstreamServer() as upstream,
+        running_stack(nats_server.url, stand_in_config(upstream.url)) as stack,
+    ):
         await stack.wait_ready()
         async with httpx.AsyncClient(base_url=stack.base_url, timeout=10) as http:
             body = {"model": "gpt-4.1", "messages": MESSAGES}
-            for _ in range(2):  # the same id twice, with a dot: neither is dropped as a duplicate, neither hangs
-                response = await http.post("/v1/chat/completions", json=body, headers={"x-request-id": "a.b-1"})
+            for _ in range(
+                2
+            ):  # the same id twice, with a dot: neither is dropped as a duplicate, neither hangs
+                response = await http.post(
+                    "/v1/chat/completions", json=body, headers={"x-request-id": "a.b-1"}
+                )
                 assert response.status_code == 200
                 assert response.headers["x-request-id"] == "a.b-1"
+
+
+async def test_a_revoked_key_turns_the_model_to_error_until_it_works_again(nats_server: EmbeddedNats) -> None:
+    async with (
+        UpstreamServer() as upstream,
+        running_stack(nats_server.url, stand_in_config(upstream.url)) as stack,
+    ):
+        await stack.wait_ready()
+        upstream.upstream.behaviour = Behaviour(fail_status=401, fail_message="key revoked")
+        with pytest.raises(openai.AuthenticationError):
+            await stack.client().chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+        async with httpx.AsyncClient(base_url=stack.base_url) as http:
+            with anyio.fail_after(10):
+                while True:
+                    view = (await http.get("/v1/models/gpt-4.1", params={"status": "true"})).json()
+                    if view["status"] == "error":
+                        break
+                    await anyio.sleep(0.05)
+            assert view["error"]["code"] == "model.auth"
+            upstream.upstream.behaviour = Behaviour()
+            await stack.wait_ready()  # re-checked with backoff, and back on its own

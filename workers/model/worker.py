@@ -8,10 +8,12 @@ from functools import partial
 from types import TracebackType
 
 import anyio
+import anyio.abc
 import structlog
 from nats.aio.client import Client
 
 from schemas.heartbeat import ModelInfo
+from schemas.status import ErrorInfo
 from services.config import Config, ModelConfig
 from services.runtime.worker import ModelState, WorkerRuntime
 from workers.model.cancellation import Cancellations
@@ -62,6 +64,8 @@ class ModelWorker:
             worker_id=worker_id,
         )
         self._stack = AsyncExitStack()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._checking: set[str] = set()
         self.cancellations = Cancellations()
         self.consumers = [
             ChatConsumer(
@@ -71,9 +75,32 @@ class ModelWorker:
                 worker_id=self.runtime.worker_id,
                 settings=config.runtime.chat,
                 cancellations=self.cancellations,
+                on_unhealthy=partial(self._unhealthy, name),
             )
             for name, provider in self.providers.items()
         ]
+
+    def _start_checks(self, name: str) -> None:
+        """Bring the model to ready (again), unless its checks are already running."""
+        if name in self._checking or self._tg is None:
+            return
+        provider, params = self.providers[name], self._models[name].params
+
+        async def run() -> None:
+            try:
+                await keep_ready(
+                    provider, initial_backoff=params.recheck_initial, max_backoff=params.recheck_max
+                )
+            finally:
+                self._checking.discard(name)
+
+        self._checking.add(name)
+        self._tg.start_soon(run, name=f"keep_ready:{name}")
+
+    def _unhealthy(self, name: str, error: ErrorInfo, message: str) -> None:
+        """A request showed the model cannot serve (a revoked key): report it, and check until it can."""
+        self.providers[name].state.set_error(error, message)
+        self._start_checks(name)
 
     async def _drain(self) -> None:
         """Take no new requests, leave the registry, and let running ones finish (bounded by the grace)."""
@@ -100,15 +127,9 @@ class ModelWorker:
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
             stack.push_async_callback(self._drain)
-            for name, provider in self.providers.items():
-                params = self._models[name].params
-                run = partial(
-                    keep_ready,
-                    provider,
-                    initial_backoff=params.recheck_initial,
-                    max_backoff=params.recheck_max,
-                )
-                tg.start_soon(run, name=f"keep_ready:{name}")
+            self._tg = tg
+            for name in self.providers:
+                self._start_checks(name)
             for consumer in self.consumers:
                 await tg.start(consumer.run, name=f"chat:{consumer.model.name}")
             self._stack = stack.pop_all()

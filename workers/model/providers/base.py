@@ -41,6 +41,7 @@ class ProviderError(Exception):
         type_: str = "server_error",
         code: str | None = None,
         param: str | None = None,
+        unhealthy: ErrorInfo | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -48,6 +49,8 @@ class ProviderError(Exception):
         self.type = type_
         self.code = code
         self.param = param
+        # set when the failure says the model cannot serve anyone (a revoked key): it is checked again
+        self.unhealthy = unhealthy
 
 
 class ChatCall(msgspec.Struct, kw_only=True):

@@ -103,6 +103,7 @@ def upstream_error(response: UpstreamResponse) -> ProviderError:
         type_=detail.type or ("invalid_request_error" if status < 500 else "server_error"),
         code=None if detail.code is None else str(detail.code),
         param=detail.param,
+        unhealthy=classify_status(status) if status in (401, 403) else None,
     )
 
 
