@@ -41,25 +41,25 @@ class _Reply(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     seq: int
 
 
-class ChatChunk(_Reply, frozen=True, tag="chunk"):
+class ChatChunk(_Reply, frozen=True, tag="modelbus.v1.chat_chunk"):
     """OpenAI ``chat.completion.chunk`` objects, in order: those produced together travel together."""
 
     data: list[msgspec.Raw]
 
 
-class ChatEnd(_Reply, frozen=True, tag="end"):
+class ChatEnd(_Reply, frozen=True, tag="modelbus.v1.chat_end"):
     pass
 
 
-class ChatResult(_Reply, frozen=True, tag="result"):
+class ChatResult(_Reply, frozen=True, tag="modelbus.v1.chat_result"):
     data: msgspec.Raw  # the OpenAI ``chat.completion`` object
 
 
-class ChatKeepalive(_Reply, frozen=True, tag="keepalive"):
+class ChatKeepalive(_Reply, frozen=True, tag="modelbus.v1.chat_keepalive"):
     pass
 
 
-class ChatFailure(_Reply, frozen=True, tag="error"):
+class ChatFailure(_Reply, frozen=True, tag="modelbus.v1.chat_error"):
     """An OpenAI-shaped error with the HTTP status the ingress should answer with."""
 
     status: int

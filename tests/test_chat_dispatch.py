@@ -145,6 +145,9 @@ async def test_kill_9_before_the_first_chunk_completes_on_another_worker(
                     with anyio.fail_after(10):
                         while len(upstream.upstream.requests) < 2:  # worker A took it and is waiting upstream
                             await anyio.sleep(0.02)
+                    await anyio.sleep(
+                        0.8
+                    )  # several keepalive intervals: the ingress must still not bind to A
                     worker_a.kill()
                     upstream.upstream.behaviour = Behaviour()
                     with service(worker_argv, tmp_path / "worker-b.log") as worker_b:
