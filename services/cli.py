@@ -13,6 +13,7 @@ import anyio
 
 from services.config import Config, ConfigError, load_config
 from services.runtime.logging import configure_logging
+from services.runtime.nats_client import NatsAuthError
 
 __all__ = ("main",)
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         anyio.run(_entry(args, config, config_path), backend_options={"use_uvloop": True})
     except KeyboardInterrupt:
         return 130
-    except _Refused as exc:
+    except (_Refused, NatsAuthError) as exc:
         print(f"modelbus: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -150,6 +151,7 @@ def _entry(
             url,
             name="model-worker",
             factory=lambda nc: ModelWorker(nc, config, hosted, environ=os.environ),
+            discoverable=False,  # the worker runtime registers itself, with its own statistics
         )
 
     return model_worker

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -12,7 +13,9 @@ import httpx
 import openai
 import pytest
 
+from services.config import NatsSettings
 from services.runtime.embedded_nats import EmbeddedNats
+from services.runtime.nats_client import connected
 from tests.support.processes import modelbus_argv, service, wait_http_ok
 from tests.support.stack import FAST_RUNTIME
 from tests.support.upstream import Behaviour, UpstreamServer
@@ -100,6 +103,10 @@ async def test_services_as_processes_a_killed_worker_turns_error_within_the_ttl(
             service(modelbus_argv("worker", "model", *common), tmp_path / "worker.log") as worker,
         ):
             await wait_http_ok(f"http://127.0.0.1:{port}/health")
+            async with connected(NatsSettings(), nats_server.url, name="probe") as nc:
+                for service_name in ("modelbus-registry", "modelbus-ingress", "modelbus-model-worker"):
+                    info = json.loads((await nc.request(f"$SRV.INFO.{service_name}", b"", timeout=5)).data)
+                    assert info["name"] == service_name  # every process is discoverable
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
                 await _wait_status(http, "gpt-4.1", "ready")
                 worker.kill()

@@ -35,8 +35,16 @@ class EmbeddedNats:
     stop the server and bring it back at the same address.
     """
 
-    def __init__(self, state_dir: Path, *, port: int | None = None, start_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        port: int | None = None,
+        start_timeout: float = 10.0,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.state_dir = state_dir
+        self._extra_args = extra_args
         self.port = port
         self._start_timeout = start_timeout
         self._proc: asyncio.subprocess.Process | None = None
@@ -74,6 +82,7 @@ class EmbeddedNats:
             str(self.state_dir / "jetstream"),
             "--ports_file_dir",
             str(ports_dir),
+            *self._extra_args,
         ]
         log_file = (self.state_dir / "nats-server.log").open("ab")
         try:

@@ -12,9 +12,11 @@ from typing import Any
 import anyio
 import structlog
 from nats.aio.client import Client
+from nats.micro import add_service
 
 from services.config import Config
 from services.runtime.nats_client import connected
+from services.runtime.worker import VERSION
 
 __all__ = ("run_service", "wait_for_signal")
 
@@ -42,11 +44,24 @@ def _arm_watchdog(seconds: float) -> None:
     timer.start()
 
 
-async def run_service(config: Config, nats_url: str, *, name: str, factory: ServiceFactory) -> None:
-    """Connect, enter the service, wait for a signal, then leave it (drain included) in bounded time."""
+async def run_service(
+    config: Config, nats_url: str, *, name: str, factory: ServiceFactory, discoverable: bool = True
+) -> None:
+    """Connect, enter the service, wait for a signal, then leave it (drain included) in bounded time.
+
+    ``discoverable`` services answer NATS's ``$SRV.PING/INFO/STATS`` as ``modelbus-<name>`` (workers do
+    that themselves, with their own statistics).
+    """
     async with connected(config.runtime.nats, nats_url, name=name) as nc, factory(nc):
+        if discoverable:
+            service = await add_service(
+                nc, name=f"modelbus-{name}", version=VERSION, description=f"modelbus {name}",
+                metadata={"pid": str(os.getpid())},
+            )  # fmt: skip
         log.info("service.ready", service=name)
         signum = await wait_for_signal()
         log.info("service.stopping", service=name, signal=signal.Signals(signum).name)
         _arm_watchdog(config.runtime.shutdown_grace + config.runtime.nats.drain_timeout + 5)
+        if discoverable:
+            await service.stop()
     log.info("service.stopped", service=name)

@@ -6,21 +6,43 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import nats
+import nats.errors
 import structlog
 from nats.aio.client import Client
 
 from services.config import NatsSettings
 
-__all__ = ("connect", "connected")
+__all__ = ("NatsAuthError", "connect", "connected")
 
 log = structlog.get_logger(__name__)
 
 
+class NatsAuthError(Exception):
+    """The server refused this process's credentials when it first connected."""
+
+
+def _is_auth_failure(exc: Exception) -> bool:
+    # nats-py raises a plain Error for the server's `-ERR 'Authorization Violation'`: that fixed protocol
+    # token (not free text) is the structured fact here
+    return isinstance(exc, nats.errors.AuthorizationError) or (
+        isinstance(exc, nats.errors.Error) and "authorization violation" in str(exc).lower()
+    )
+
+
 async def connect(settings: NatsSettings, url: str, *, name: str) -> Client:
-    """A client that reconnects for ever (a NATS outage never ends a process)."""
+    """A client that reconnects for ever (a NATS outage never ends a process).
+
+    Wrong credentials at the first connection are not an outage: they fail at once, clearly.
+    """
+    first_connection = True
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats.error", error=type(exc).__name__, detail=str(exc))
+        if first_connection and _is_auth_failure(exc):
+            raise NatsAuthError(
+                f"the NATS server at {url} refused the credentials in runtime.nats (user/password, token or "
+                "creds_file): check them"
+            ) from exc
 
     async def on_disconnected() -> None:
         log.warning("nats.disconnected")
@@ -44,6 +66,7 @@ async def connect(settings: NatsSettings, url: str, *, name: str) -> Client:
         disconnected_cb=on_disconnected,
         reconnected_cb=on_reconnected,
     )
+    first_connection = False
     log.debug("nats.connected", name=name)
     return nc
 

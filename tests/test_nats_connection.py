@@ -1,0 +1,32 @@
+"""Connecting to a NATS server that wants credentials: user/password or a token, from typed settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from services.config import NatsSettings
+from services.runtime.embedded_nats import EmbeddedNats
+from services.runtime.nats_client import NatsAuthError, connect, connected
+
+
+@pytest.mark.parametrize(
+    ("server_args", "good", "bad"),
+    [
+        (("--auth", "t0ken-s3cret"), {"token": "t0ken-s3cret"}, {"token": "wrong"}),
+        (("--user", "modelbus", "--pass", "pa55word"), {"user": "modelbus", "password": "pa55word"},
+         {"user": "modelbus", "password": "nope"}),
+    ],
+)  # fmt: skip
+async def test_credentials_are_used_and_wrong_ones_refused(
+    tmp_path: Path, server_args: tuple[str, ...], good: dict[str, str], bad: dict[str, str]
+) -> None:
+    async with EmbeddedNats(tmp_path / "nats", extra_args=server_args) as server:
+        async with connected(NatsSettings(url=server.url, **good), server.url, name="t") as nc:
+            reply = await nc.request("$JS.API.INFO", b"", timeout=2)
+            assert b"memory" in reply.data  # an authorised JetStream answer
+        settings = NatsSettings(url=server.url, connect_timeout=1, **bad)
+        with anyio.fail_after(20), pytest.raises(NatsAuthError, match="refused the credentials"):
+            await connect(settings, server.url, name="t")
