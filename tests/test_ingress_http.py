@@ -16,12 +16,12 @@ import uvicorn
 from nats.aio.client import Client
 
 from ingress.app import create_app
-from services.runtime.chat_client import ChatDispatcher
 from ingress.server import IngressServer
 from ingress.view_store import ModelViewStore
 from schemas.status import ModelStatus
 from schemas.views import ModelView
 from services.config import ChatSettings
+from services.runtime.chat_client import ChatDispatcher
 from tests.ingress_helpers import (
     GPT,
     QWEN,

@@ -13,7 +13,6 @@ import asyncio
 import os
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,44 +87,57 @@ async def main(seconds: float, workdir: Path) -> int:
             f"runtime:\n  http: {{port: {ingress_port}}}\n  heartbeat: {{interval: 1.0}}\n"
             f"  chat: {{queue_depth: 4096}}\n  log_level: info\n"
             f"models:\n  - name: bench\n    from: openai:bench\n"
-            f"    params: {{endpoint: 'http://127.0.0.1:{upstream_port}/v1', api_key: sk-bench, capacity: 128}}\n"
+            f"    params: {{endpoint: 'http://127.0.0.1:{upstream_port}/v1', api_key: sk-bench, "
+            "capacity: 128}\n"
         )
         logs = workdir / "logs"
         logs.mkdir()
         common = ("--config", str(config), "--nats-url", nats_server.url)
         upstream = ServiceProcess(
-            [sys.executable, "-m", "tests.support.upstream", "--port", str(upstream_port)], logs / "upstream.log"
+            [sys.executable, "-m", "tests.support.upstream", "--port", str(upstream_port)],
+            logs / "upstream.log",
         )
         processes = {
             "registry": ServiceProcess(modelbus_argv("registry", *common), logs / "registry.log"),
             "model worker": ServiceProcess(modelbus_argv("worker", "model", *common), logs / "worker.log"),
             "ingress": ServiceProcess(modelbus_argv("ingress", *common), logs / "ingress.log"),
         }
-        nats_pid = nats_server._proc.pid if nats_server._proc else None  # noqa: SLF001 - measuring only
+        nats_pid = nats_server._proc.pid if nats_server._proc else None
         try:
             await wait_ready(f"http://127.0.0.1:{ingress_port}", "bench")
             async with httpx.AsyncClient() as http:
                 await http.post(
-                    f"http://127.0.0.1:{upstream_port}/_control", json={"reply": " ".join(["word"] * 20), "chunks": 20}
+                    f"http://127.0.0.1:{upstream_port}/_control",
+                    json={"reply": " ".join(["word"] * 20), "chunks": 20},
                 )
             print(f"modelbus chat benchmark, {seconds:.0f} s per run, {os.cpu_count()} cores\n")
             for scenario in SCENARIOS:
                 direct = await run_load(
-                    "127.0.0.1", upstream_port, post("/v1/chat/completions", body("bench", scenario.stream)),
-                    concurrency=scenario.concurrency, seconds=seconds,
+                    "127.0.0.1",
+                    upstream_port,
+                    post("/v1/chat/completions", body("bench", scenario.stream)),
+                    concurrency=scenario.concurrency,
+                    seconds=seconds,
                 )
-                pids = {name: p.pid for name, p in processes.items()} | ({"nats-server": nats_pid} if nats_pid else {})
+                pids = {name: p.pid for name, p in processes.items()} | (
+                    {"nats-server": nats_pid} if nats_pid else {}
+                )
                 before = {name: cpu_seconds(pid) for name, pid in pids.items()}
                 through = await run_load(
-                    "127.0.0.1", ingress_port, post("/v1/chat/completions", body("bench", scenario.stream)),
-                    concurrency=scenario.concurrency, seconds=seconds,
+                    "127.0.0.1",
+                    ingress_port,
+                    post("/v1/chat/completions", body("bench", scenario.stream)),
+                    concurrency=scenario.concurrency,
+                    seconds=seconds,
                 )
                 after = {name: cpu_seconds(pid) for name, pid in pids.items()}
                 print(f"{scenario.name}")
                 print(line("direct", direct))
                 print(line("modelbus", through))
-                print(f"  {'added p50':<10} {through.p50 - direct.p50:>9.2f} ms    "
-                      f"throughput ratio {through.rate / direct.rate:.2f}")
+                print(
+                    f"  {'added p50':<10} {through.p50 - direct.p50:>9.2f} ms    "
+                    f"throughput ratio {through.rate / direct.rate:.2f}"
+                )
                 per_request = {
                     name: (after[name] - before[name]) / max(1, through.requests) * 1e6 for name in pids
                 }

@@ -86,7 +86,9 @@ class _Client(asyncio.Protocol):
         body_start = end + 4
         marker = head.find(b"content-length:")
         if marker >= 0:
-            length = int(head[marker + 15 : head.find(b"\r\n", marker) if head.find(b"\r\n", marker) > 0 else None])
+            length = int(
+                head[marker + 15 : head.find(b"\r\n", marker) if head.find(b"\r\n", marker) > 0 else None]
+            )
             total = body_start + length
             return (status, total) if len(self.buffer) >= total else None
         if b"transfer-encoding: chunked" in head:
@@ -100,7 +102,7 @@ class _Client(asyncio.Protocol):
 
 
 async def run_load(host: str, port: int, request: bytes, *, concurrency: int, seconds: float) -> Result:
-    """Keep ``concurrency`` requests in flight for ``seconds``; the request must be a full HTTP/1.1 message."""
+    """Keep ``concurrency`` requests in flight for ``seconds``; ``request`` is a whole HTTP/1.1 message."""
     loop = asyncio.get_running_loop()
     result = Result(concurrency=concurrency, seconds=seconds)
     started = time.perf_counter()
