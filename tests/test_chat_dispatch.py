@@ -11,7 +11,9 @@ import httpx
 import openai
 import pytest
 
+from ingress.server import IngressServer
 from services.runtime.embedded_nats import EmbeddedNats
+from services.runtime.nats_client import connected
 from tests.support.processes import modelbus_argv, service
 from tests.support.stack import FAST_RUNTIME, running_stack, stand_in_config
 from tests.support.upstream import Behaviour, UpstreamServer
@@ -209,3 +211,31 @@ async def test_registry_sees_subprocess_worker_goodbye(nats_server: EmbeddedNats
                 assert worker.terminate() == 0
                 lines = [json.loads(line) for line in worker.log_text().splitlines() if line.startswith("{")]
                 assert any(line["event"] == "model_worker.drained" for line in lines)
+
+
+async def test_a_request_whose_deadline_passed_in_the_queue_is_never_started(
+    nats_server: EmbeddedNats,
+) -> None:
+    async with UpstreamServer() as upstream:
+        config = stand_in_config(upstream.url, model_params="capacity: 1")
+        impatient = stand_in_config(upstream.url, extra_runtime="  chat: {request_timeout: 0.5}\n")
+        async with (
+            running_stack(nats_server.url, config) as stack,
+            connected(impatient.runtime.nats, nats_server.url, name="impatient") as nc,
+            IngressServer(impatient, nc, port=0) as impatient_ingress,
+        ):
+            await stack.wait_ready()
+            upstream.upstream.behaviour = Behaviour(delay_s=1.5)
+            before = len(upstream.upstream.requests)
+            async with httpx.AsyncClient(timeout=30) as http, anyio.create_task_group() as tg:
+                first = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "first"}]}
+                tg.start_soon(partial(http.post, f"{stack.base_url}/v1/chat/completions", json=first))
+                with anyio.fail_after(5):
+                    while len(upstream.upstream.requests) == before:  # the worker's one slot is taken
+                        await anyio.sleep(0.01)
+                late = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "late"}]}
+                response = await http.post(f"{impatient_ingress.url}/v1/chat/completions", json=late)
+                assert response.status_code == 504  # its deadline passed while it waited in the queue
+            await anyio.sleep(0.3)  # the first is done; the worker has pulled the late one, and dropped it
+            contents = [s.body["messages"][0]["content"] for s in upstream.upstream.requests[before:]]
+            assert contents == ["first"]

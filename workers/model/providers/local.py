@@ -132,31 +132,63 @@ class LocalProvider:
         finally:
             cancel.set()
 
-    def _generate(self, call: ChatCall, cancel: threading.Event, *, stream: bool) -> Any:
-        from llama_cpp import LogitsProcessorList
+    def _generate(self, call: ChatCall, cancel: threading.Event) -> Iterator[dict[str, Any]]:
+        """The answer's chunks, one token each; stops at the next token once ``cancel`` is set.
 
-        def stop_when_cancelled(_ids: Any, scores: Any) -> Any:
-            if cancel.is_set():
-                raise _Cancelled
-            return scores
-
-        args = llama_arguments(call.body)
+        Generation always streams, even for a plain request: between two chunks is the one place a
+        running llama.cpp generation can be stopped from Python (an exception raised in a logits
+        processor is swallowed by its ctypes callback).
+        """
         try:
-            return self._llm.create_chat_completion(
-                **args, stream=stream, logits_processor=LogitsProcessorList([stop_when_cancelled])
+            chunks: Iterator[dict[str, Any]] = self._llm.create_chat_completion(
+                **llama_arguments(call.body), stream=True
             )
         except ValueError as exc:  # llama.cpp's way of saying "the prompt does not fit" and the like
             raise ProviderError(400, str(exc), type_="invalid_request_error") from exc
+        try:
+            for chunk in chunks:
+                if cancel.is_set():
+                    raise _Cancelled
+                chunk["model"] = self.model.name
+                yield chunk
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    def _usage(self, completion_tokens: int) -> dict[str, int]:
+        # the context holds the prompt and what was generated: the rest of it is the prompt
+        prompt_tokens = max(0, int(self._llm.n_tokens) - completion_tokens)
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
 
     async def complete(self, call: ChatCall) -> bytes:
         def work(cancel: threading.Event) -> dict[str, Any]:
-            result: dict[str, Any] = self._generate(call, cancel, stream=False)
-            return result
+            parts: list[str] = []
+            first: dict[str, Any] = {}
+            finish = "stop"
+            for chunk in self._generate(call, cancel):
+                first = first or chunk
+                for choice in chunk.get("choices", []):
+                    if content := (choice.get("delta") or {}).get("content"):
+                        parts.append(content)
+                    finish = choice.get("finish_reason") or finish
+            return {
+                "id": first.get("id", f"chatcmpl-{uuid.uuid4().hex}"),
+                "object": "chat.completion",
+                "created": first.get("created", int(time.time())),
+                "model": self.model.name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(parts)},
+                             "logprobs": None, "finish_reason": finish}],
+                "usage": self._usage(len(parts)),
+            }  # fmt: skip
 
         result = await self._in_thread(work)
-        result["model"] = self.model.name
         if call.body.get("tools"):
-            for choice in result.get("choices", []):
+            for choice in result["choices"]:
                 parse_tool_calls(choice)
         return _encoder.encode(result)
 
@@ -169,21 +201,14 @@ class LocalProvider:
         def work(cancel: threading.Event) -> None:
             completion_tokens = 0
             last: dict[str, Any] = {}
-            chunks: Iterator[dict[str, Any]] = self._generate(call, cancel, stream=True)
-            for chunk in chunks:
-                chunk["model"] = self.model.name
+            for chunk in self._generate(call, cancel):
                 for choice in chunk.get("choices", []):
                     if (choice.get("delta") or {}).get("content"):
                         completion_tokens += 1
                 last = chunk
                 anyio.from_thread.run(emit, _encoder.encode(chunk))
             if call.include_usage:
-                prompt_tokens = max(0, int(self._llm.n_tokens) - completion_tokens)
-                usage = {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                }
+                usage = self._usage(completion_tokens)
                 anyio.from_thread.run(
                     emit, usage_chunk(str(last.get("id", "")), self.model.name, usage, last.get("created"))
                 )
@@ -221,5 +246,11 @@ class LocalProvider:
 
     async def aclose(self) -> None:
         llm, self._llm = self._llm, None
-        if llm is not None:
-            await anyio.to_thread.run_sync(llm.close, limiter=self.limiter)
+        if llm is None:
+            return
+
+        def close() -> None:
+            with self._lock:  # a cancelled generation may still be stopping in its thread: wait for it
+                llm.close()
+
+        await anyio.to_thread.run_sync(close)
