@@ -14,7 +14,15 @@ from typing import Annotated
 
 import msgspec
 
-__all__ = ("NsqlQuery", "NsqlReply", "NsqlRequest", "ResponseFormat", "negotiate")
+__all__ = (
+    "NsqlDatasetStatus",
+    "NsqlQuery",
+    "NsqlReady",
+    "NsqlReply",
+    "NsqlRequest",
+    "ResponseFormat",
+    "negotiate",
+)
 
 
 class ResponseFormat(enum.StrEnum):
@@ -89,3 +97,24 @@ class NsqlQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     model: str | None = None
     datasets: list[Annotated[str, msgspec.Meta(min_length=1)]] | None = None
     sample_data_enabled: bool = False
+
+
+class NsqlDatasetStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """One of an NSQL worker's datasets: ``ready``, or ``error`` with the structured code and why."""
+
+    name: str
+    status: str
+    error_code: str | None = None  # e.g. ``dataset.not_found``
+    error_message: str | None = None
+
+
+class NsqlReady(msgspec.Struct, frozen=True, kw_only=True):
+    """What a ready NSQL worker answers on ``modelbus.v1.nsql_ready`` (queue group ``nsql``).
+
+    No responder means no NSQL worker is ready (the ingress answers 503).
+    """
+
+    worker_id: str
+    capacity: int
+    in_flight: int
+    datasets: list[NsqlDatasetStatus]

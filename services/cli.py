@@ -170,6 +170,7 @@ def _nsql_worker(config: Config, config_path: Path, url: str) -> Callable[[], Co
             url,
             name="nsql-worker",
             factory=lambda nc: NsqlWorker(nc, config, config_dir=config_path.parent),
+            discoverable=False,  # the worker runtime registers itself
         )
 
     return nsql_worker

@@ -2,8 +2,9 @@
 
 It is the one stand-in the project allows: remote providers cannot be reached from these machines. Tests
 change its behaviour through :class:`Behaviour` (in-process) or ``POST /_control`` (from another process):
-fail with a status, delay, answer with given text, stream in chunks at a given pace, call a tool. It
-records every chat request with when it started and ended, and whether the client hung up.
+fail with a status, delay, answer with given text (or given texts in turn), stream in chunks at a given
+pace, call a tool. It records every chat request with when it started and ended, and whether the client
+hung up.
 Run it alone with ``python -m tests.support.upstream --port N``.
 """
 
@@ -39,6 +40,7 @@ class Behaviour(msgspec.Struct, kw_only=True):
     fail_message: str = "stand-in failure"
     delay_s: float = 0.0  # before the response (or the first chunk)
     reply: str = "Hello from the stand-in."
+    replies: list[str] = []  # when set: the answers to successive chat requests, then the last repeats
     chunks: int = 0  # 0: one chunk per word
     chunk_delay_s: float = 0.0
     send_usage: bool = True  # include the usage chunk when asked (False: leave it to modelbus)
@@ -56,6 +58,23 @@ class Upstream:
     def __init__(self, behaviour: Behaviour | None = None) -> None:
         self.behaviour = behaviour or Behaviour()
         self.requests: list[Seen] = []
+
+    @property
+    def behaviour(self) -> Behaviour:
+        return self._behaviour
+
+    @behaviour.setter
+    def behaviour(self, behaviour: Behaviour) -> None:
+        """A new behaviour starts its ``replies`` from the first."""
+        self._behaviour = behaviour
+        self._served = 0
+
+    def _reply_text(self, b: Behaviour) -> str:
+        if not b.replies:
+            return b.reply
+        text = b.replies[min(self._served, len(b.replies) - 1)]
+        self._served += 1
+        return text
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -111,9 +130,9 @@ class Upstream:
             if b.fail_status is not None:
                 await _error(send, b.fail_status, b.fail_message)
             elif seen.body.get("stream"):
-                await _stream(seen.body, b, send)
+                await _stream(seen.body, b, self._reply_text(b), send)
             else:
-                await _json(send, 200, _completion(seen.body, b.reply))
+                await _json(send, 200, _completion(seen.body, self._reply_text(b)))
             tg.cancel_scope.cancel()
 
 
@@ -156,7 +175,7 @@ def _completion(request: dict[str, Any], text: str) -> dict[str, Any]:
     }
 
 
-async def _stream(request: dict[str, Any], b: Behaviour, send: Send) -> None:
+async def _stream(request: dict[str, Any], b: Behaviour, reply: str, send: Send) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -201,7 +220,7 @@ async def _stream(request: dict[str, Any], b: Behaviour, send: Send) -> None:
         )
         await event({"tool_calls": [{"index": 0, "function": {"arguments": call["function"]["arguments"]}}]})
     else:
-        words = b.reply.split(" ")
+        words = reply.split(" ")
         n = b.chunks or len(words)
         pieces = [" ".join(words[i * len(words) // n : (i + 1) * len(words) // n]) for i in range(n)]
         for i, piece in enumerate(pieces):
