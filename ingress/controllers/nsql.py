@@ -35,6 +35,8 @@ _encoder = msgspec.json.Encoder()
 _reply_decoder = msgspec.json.Decoder(NsqlReply)
 NsqlBody = Annotated[NsqlQuery, Body(description="The question, and optionally the model and datasets")]
 READY_CACHE_S = 1.0
+# Spice's name for "the NSQL model" (its 2025 default, and the seed's example): the default model here
+SPICE_DEFAULT_MODEL = "nql"
 
 
 def default_model(config: Config) -> ModelConfig:
@@ -57,7 +59,9 @@ def default_model(config: Config) -> ModelConfig:
 
 
 def resolve(config: Config, query: NsqlQuery) -> tuple[ModelConfig, tuple[str, ...]]:
-    if query.model is None:
+    if query.model is None or (
+        query.model == SPICE_DEFAULT_MODEL and config.model(SPICE_DEFAULT_MODEL) is None
+    ):
         model = default_model(config)
     else:
         found = config.model(query.model)

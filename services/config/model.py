@@ -117,7 +117,10 @@ class NsqlSettings(_Section, frozen=True):
     queue_depth: PositiveInt = 256
     request_timeout: Seconds = 120.0
     max_context_datasets: PositiveInt = 4
-    sample_rows: Annotated[int, msgspec.Meta(ge=0)] = 3
+    # example rows in the prompt (with sample_data_enabled): 0 by default, because whole rows lead the small
+    # default model to order single rows instead of aggregating (measured on the seed's question); the
+    # distinct values of low-cardinality columns, which help with filters, are still given
+    sample_rows: Annotated[int, msgspec.Meta(ge=0)] = 0
     distinct_values: Annotated[int, msgspec.Meta(ge=0)] = 10
 
 

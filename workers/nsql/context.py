@@ -182,7 +182,11 @@ Rules for the query:
   characters with backticks, e.g. `Order Date`. String literals use single quotes.
 - For "top N" questions use ORDER BY ... DESC LIMIT N. When listing rows, add a LIMIT:
   at most {max_rows} rows can be returned.
-- Give computed columns short snake_case aliases (total_sales, order_count)."""
+- Give computed columns short snake_case aliases (total_sales, order_count).
+- A question about a total per customer, product, region, ... ("top customers by total sales") needs
+  sum(...) with GROUP BY: select the entity's id and name and the sum, and GROUP BY every selected column
+  that is not aggregated, e.g. SELECT customer_id, customer_name, sum(total) AS total_sales FROM t
+  GROUP BY customer_id, customer_name ORDER BY total_sales DESC LIMIT 5."""  # noqa: S608 - a prompt, not a query
 
 
 def _table_block(schema: TableSchema, *, samples: bool) -> str:

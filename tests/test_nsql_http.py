@@ -1,0 +1,217 @@
+"""``POST /v1/nsql`` over HTTP: the ingress, a model worker, an NSQL worker, and the real ClickHouse."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from ingress.server import IngressServer
+from services.config import Config, parse_config
+from services.registry import Registry
+from services.runtime.embedded_nats import EmbeddedNats
+from services.runtime.nats_client import connected
+from tests.support.nsql_fixtures import admin_rows, nsql_engine
+from tests.support.stack import FAST_RUNTIME, Stack
+from tests.support.upstream import Behaviour, UpstreamServer
+from workers.model.worker import ModelWorker
+from workers.nsql.clickhouse import ClickHouse
+from workers.nsql.worker import NsqlWorker
+
+__all__ = ("nsql_engine",)
+
+QUESTION = "Get the top 5 customers by total sales"
+TOP5 = (
+    "SELECT customer_id, customer_name, sum(total) AS total_sales FROM sales_data "
+    "GROUP BY customer_id, customer_name ORDER BY total_sales DESC LIMIT 5"
+)
+TOP5_DIRECT = (
+    TOP5.replace("FROM sales_data", "FROM modelbus.sales_data") + " SETTINGS optimize_use_projections = 0"
+)
+
+
+def _config(model_yaml: str) -> Config:
+    return parse_config(
+        FAST_RUNTIME + "  nsql: {request_timeout: 60}\nmodels:\n" + model_yaml
+        + "datasets:\n  - name: sales_data\n    from: sample:sales_data\n"
+        + "  - name: other\n    from: sample:sales_data\n    params: {rows: '1000'}\n",
+        {},
+    )  # fmt: skip
+
+
+def stand_in_model(endpoint: str) -> str:
+    return (
+        "  - name: gpt-4.1\n    from: openai:gpt-4.1\n    datasets: [sales_data]\n"
+        f"    params: {{endpoint: '{endpoint}', api_key: sk-test, recheck_initial: 0.05, recheck_max: 0.2}}\n"
+    )
+
+
+@asynccontextmanager
+async def system(
+    nats_url: str, config: Config, engine: ClickHouse | None, config_dir: Path
+) -> AsyncIterator[Stack]:
+    """Registry, model worker, NSQL worker (when given the engine) and ingress, each on its own connection."""
+    async with AsyncExitStack() as stack:
+
+        async def connection(name: str) -> Any:
+            return await stack.enter_async_context(connected(config.runtime.nats, nats_url, name=name))
+
+        await stack.enter_async_context(Registry(await connection("registry"), config))
+        worker = ModelWorker(await connection("model"), config, config.models, environ=os.environ)
+        await stack.enter_async_context(worker)
+        if engine is not None:
+            nsql_worker = NsqlWorker(await connection("nsql"), config, config_dir=config_dir, engine=engine)
+            await stack.enter_async_context(nsql_worker)
+        ingress = await stack.enter_async_context(IngressServer(config, await connection("ingress"), port=0))
+        running = Stack(config, nats_url, ingress, [worker])
+        await running.wait_ready(config.models[0].name, timeout=120)
+        yield running
+
+
+def direct_top5(engine: ClickHouse) -> list[dict[str, Any]]:
+    names = ("customer_id", "customer_name", "total_sales")
+    return [dict(zip(names, row, strict=True)) for row in admin_rows(engine, TOP5_DIRECT)]
+
+
+async def test_each_accept_type_answers_the_seed_question(
+    nats_server: EmbeddedNats, nsql_engine: ClickHouse, tmp_path: Path
+) -> None:
+    async with UpstreamServer() as upstream:
+        upstream.upstream.behaviour = Behaviour(reply=msgspec.json.encode({"sql": TOP5}).decode())
+        config = _config(stand_in_model(upstream.url))
+        async with (
+            system(nats_server.url, config, nsql_engine, tmp_path) as stack,
+            httpx.AsyncClient(base_url=stack.base_url, timeout=60) as http,
+        ):
+            body = {
+                "query": QUESTION,
+                "model": "gpt-4.1",
+                "sample_data_enabled": True,
+                "datasets": ["sales_data"],
+            }
+            expected = direct_top5(nsql_engine)
+
+            plain = await http.post("/v1/nsql", json=body)
+            assert plain.status_code == 200, plain.text
+            assert plain.headers["content-type"].startswith("application/json")
+            assert json.loads(plain.text, parse_float=Decimal) == expected
+            assert plain.headers["x-request-id"]
+
+            vnd = await http.post(
+                "/v1/nsql", json=body, headers={"Accept": "application/vnd.spiceai.nsql.v1+json"}
+            )
+            envelope = json.loads(vnd.text, parse_float=Decimal)
+            assert envelope["row_count"] == 5 and envelope["data"] == expected
+            assert [f["name"] for f in envelope["schema"]["fields"]] == [
+                "customer_id",
+                "customer_name",
+                "total_sales",
+            ]
+            assert "sales_data" in envelope["sql"]
+
+            sql = await http.post("/v1/nsql", json=body, headers={"Accept": "application/sql"})
+            assert sql.headers["content-type"].startswith("application/sql")
+            assert sql.text.lower().startswith("select") and "limit 5" in sql.text.lower()
+
+            as_csv = await http.post("/v1/nsql", json=body, headers={"Accept": "text/csv"})
+            rows = list(csv.DictReader(io.StringIO(as_csv.text)))
+            assert [r["customer_id"] for r in rows] == [str(r["customer_id"]) for r in expected]
+
+            text = await http.post("/v1/nsql", json=body, headers={"Accept": "text/plain"})
+            assert text.headers["content-type"].startswith("text/plain")
+            assert all(str(r["customer_name"]) in text.text for r in expected)
+
+            # the seed's request, word for word: "nql" is Spice's name for the NSQL model
+            seed = {
+                "query": QUESTION,
+                "model": "nql",
+                "sample_data_enabled": True,
+                "datasets": ["sales_data"],
+            }
+            assert json.loads((await http.post("/v1/nsql", json=seed)).text, parse_float=Decimal) == expected
+            # no model and no datasets given: the only model with datasets, and its datasets
+            default = await http.post("/v1/nsql", json={"query": QUESTION})
+            assert json.loads(default.text, parse_float=Decimal) == expected
+            # the prompt had the real schema in it, and asked for a JSON object
+            sent = upstream.upstream.requests[-1].body
+            assert sent["response_format"]["type"] in ("json_schema", "json_object")
+            assert "customer_name" in json.dumps(sent["messages"])
+
+
+async def test_bad_requests_are_400_and_a_missing_worker_503(
+    nats_server: EmbeddedNats, nsql_engine: ClickHouse, tmp_path: Path
+) -> None:
+    async with UpstreamServer() as upstream:
+        upstream.upstream.behaviour = Behaviour(
+            reply=msgspec.json.encode({"sql": "DROP TABLE sales_data"}).decode()
+        )
+        config = _config(stand_in_model(upstream.url))
+        async with (
+            system(nats_server.url, config, None, tmp_path) as stack,
+            httpx.AsyncClient(base_url=stack.base_url, timeout=60) as http,
+        ):
+            cases = [
+                ({"query": QUESTION, "model": "nope"}, "nope"),
+                ({"query": QUESTION, "datasets": ["nope"]}, "nope"),
+                ({"query": QUESTION, "datasets": ["other"]}, "other"),  # not one of the model's datasets
+                ({"query": ""}, "query"),
+                ({"model": "gpt-4.1"}, "query"),
+                ({"query": QUESTION, "extra": 1}, "extra"),
+            ]
+            for body, named in cases:
+                response = await http.post("/v1/nsql", json=body)
+                assert response.status_code == 400, body
+                assert named in response.json()["error"]["message"]
+            missing = await http.post("/v1/nsql", json={"query": QUESTION})
+            assert missing.status_code == 503
+            assert missing.json()["error"]["code"] == "nsql_unavailable"
+
+        async with (
+            system(nats_server.url, config, nsql_engine, tmp_path) as stack,
+            httpx.AsyncClient(base_url=stack.base_url, timeout=60) as http,
+        ):
+            before = admin_rows(nsql_engine, "SELECT count() FROM modelbus.sales_data")
+            refused = await http.post("/v1/nsql", json={"query": "delete everything"})
+            assert refused.status_code == 400
+            assert refused.json()["error"]["code"] == "sql_failed"
+            assert admin_rows(nsql_engine, "SELECT count() FROM modelbus.sales_data") == before
+
+
+@pytest.mark.slow
+async def test_the_seed_question_with_the_real_local_model(
+    nats_server: EmbeddedNats, nsql_engine: ClickHouse, tmp_path: Path
+) -> None:
+    model = (
+        "  - name: qwen2.5-coder\n    from: local:qwen2.5-coder-0.5b-instruct\n    datasets: [sales_data]\n"
+    )
+    async with (
+        system(nats_server.url, _config(model), nsql_engine, tmp_path) as stack,
+        httpx.AsyncClient(base_url=stack.base_url, timeout=120) as http,
+    ):
+        expected = direct_top5(nsql_engine)
+        for sample_data_enabled in (False, True):  # the seed's own request enables samples
+            body = {"query": QUESTION, "sample_data_enabled": sample_data_enabled, "datasets": ["sales_data"]}
+            response = await http.post("/v1/nsql", json=body)
+            assert response.status_code == 200, response.text
+            check_top5(json.loads(response.text, parse_float=Decimal), expected)
+
+
+def check_top5(answer: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
+    """The model chooses its columns: the customers, in order, must be the ones a hand-written query finds,
+    and any totals it adds must be theirs."""
+    assert [row["customer_name"] for row in answer] == [row["customer_name"] for row in expected]
+    for row, want in zip(answer, expected, strict=True):
+        if "customer_id" in row:
+            assert row["customer_id"] == want["customer_id"]
+        for value in (v for k, v in row.items() if k not in ("customer_id", "customer_name")):
+            assert Decimal(str(value)) == want["total_sales"]
