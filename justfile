@@ -47,9 +47,9 @@ fmt:
     {{ venv }}/ruff check --fix .
 
 [group('check')]
-[doc('benchmarks: chat straight to a stand-in upstream and through modelbus, in one run')]
+[doc('benchmarks: chat straight to a stand-in upstream and through modelbus; NSQL outside the model')]
 bench *args:
-    {{ venv }}/python -m tests.bench.chat "$@"
+    {{ venv }}/python -m tests.bench "$@"
 
 [group('dev')]
 [doc('re-pin requirements/*.txt from the *.in files and the installed venv')]
