@@ -28,7 +28,7 @@ from services.runtime.jetstream import chat_consumer_config, ensure_chat_stream,
 from services.runtime.worker import ModelState
 from workers.model.cancellation import Cancellations
 from workers.model.providers.base import ChatCall, Provider, ProviderError
-from workers.model.work_queue import WorkQueueReader
+from workers.model.work_queue import SlotConsumer
 
 __all__ = ("ChatConsumer", "prepare_body")
 
@@ -36,7 +36,6 @@ log = structlog.get_logger(__name__)
 _encoder = msgspec.json.Encoder()
 _request_decoder = msgspec.json.Decoder(ChatRequest)
 _body_decoder = msgspec.json.Decoder(dict[str, Any])
-PULL_RECHECK = 0.5  # also re-ask after a reconnect, or when the model turns ready
 
 
 def prepare_body(model: ModelConfig, body: dict[str, Any]) -> dict[str, Any]:
@@ -141,66 +140,29 @@ class ChatConsumer:
         self.settings = settings
         self.cancellations = cancellations
         self.on_unhealthy = on_unhealthy
-        self.intake = True
-        self._changed = anyio.Event()
-        self._idle = anyio.Event()
-        self._idle.set()
         self._active: dict[str, _Active] = {}
+        config = chat_consumer_config(model.name, settings)
+        self._config = config
+        self.slots = SlotConsumer(
+            nc, stream=CHAT_STREAM, consumer=str(config.durable_name), handle=self._process,
+            capacity=lambda: self.state.capacity, ready=lambda: self.state.status is ModelStatus.READY,
+            on_count=self._count,
+        )  # fmt: skip
+
+    def _count(self, in_flight: int) -> None:
+        self.state.in_flight = in_flight
 
     def stop_intake(self) -> None:
-        self.intake = False
-        self._changed.set()
+        self.slots.stop_intake()
 
     async def wait_idle(self) -> None:
-        await self._idle.wait()
+        await self.slots.wait_idle()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         js: JetStreamContext = self.nc.jetstream()
         await ensure_chat_stream(js, self.settings)
-        config = chat_consumer_config(self.model.name, self.settings)
-        await ensure_consumer(js, CHAT_STREAM, config)
-        async with anyio.create_task_group() as tg:
-            reader = WorkQueueReader(
-                self.nc, stream=CHAT_STREAM, consumer=str(config.durable_name),
-                on_message=lambda msg: self._take(msg, tg), on_change=self._wake,
-            )  # fmt: skip
-            await reader.start()
-            task_status.started()
-            tg.start_soon(self.keep_alive)
-            try:
-                while self.intake:
-                    if self.state.status is ModelStatus.READY:
-                        await reader.ask(self.state.capacity - self.state.in_flight)
-                    self._changed = anyio.Event()
-                    with anyio.move_on_after(PULL_RECHECK):
-                        await self._changed.wait()
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await reader.stop()
-
-    def _wake(self) -> None:
-        self._changed.set()
-
-    def _take(self, msg: Msg, tg: anyio.abc.TaskGroup) -> None:
-        if self.state.in_flight >= self.state.capacity or not self.intake:
-            tg.start_soon(msg.nak)  # more arrived than there are slots (or we are stopping): hand it back
-            return
-        self.state.in_flight += 1
-        if self._idle.is_set():
-            self._idle = anyio.Event()
-        tg.start_soon(self._handle, msg, tg)
-
-    def _release(self) -> None:
-        self.state.in_flight -= 1
-        self._changed.set()
-        if self.state.in_flight == 0:
-            self._idle.set()
-
-    async def _handle(self, msg: Msg, tg: anyio.abc.TaskGroup) -> None:
-        try:
-            await self._process(msg, tg)
-        finally:
-            self._release()
+        await ensure_consumer(js, CHAT_STREAM, self._config)
+        await self.slots.run(background=[self.keep_alive], task_status=task_status)
 
     async def _process(self, msg: Msg, tg: anyio.abc.TaskGroup) -> None:
         try:

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
+import anyio
+import anyio.abc
 import msgspec
 import nats.errors
 import structlog
@@ -20,12 +23,13 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-__all__ = ("WorkQueueReader",)
+__all__ = ("PULL_RECHECK", "SlotConsumer", "WorkQueueReader")
 
 log = structlog.get_logger(__name__)
 _encoder = msgspec.json.Encoder()
 # status codes the server sends to a pull request's inbox
 _HEARTBEAT, _NO_MESSAGES, _EXPIRED, _CONFLICT = "100", "404", "408", "409"
+PULL_RECHECK = 0.5  # seconds: also re-ask after a reconnect, or when the worker turns ready
 
 
 class _Pull:
@@ -95,3 +99,87 @@ class WorkQueueReader:
         if status in (_EXPIRED, _CONFLICT, _NO_MESSAGES) and self._pulls:
             self._pulls.popleft()  # the oldest request is over, whatever it still owed
         self._on_change()
+
+
+Handler = Callable[[Msg, anyio.abc.TaskGroup], Coroutine[Any, Any, None]]
+Background = Callable[[], Coroutine[Any, Any, None]]
+
+
+class SlotConsumer:
+    """Runs a handler for the messages of a durable pull consumer, never more at once than the capacity.
+
+    The one loop both kinds of worker share: it asks for messages only while ``ready()`` and only for the
+    free slots, hands each message to ``handle(msg, tg)`` in its own task (``tg`` is the consumer's task
+    group, for work a request starts that must outlive a call), and on :meth:`stop_intake` takes no more
+    (a message that still arrives is handed back with ``nak``). ``on_count`` hears the in-flight count.
+    """
+
+    def __init__(
+        self, nc: Client, *, stream: str, consumer: str, capacity: Callable[[], int], handle: Handler,
+        ready: Callable[[], bool] = lambda: True, on_count: Callable[[int], None] = lambda _n: None,
+    ) -> None:  # fmt: skip
+        self.nc = nc
+        self._stream, self._consumer = stream, consumer
+        self._capacity, self._ready, self._handle, self._on_count = capacity, ready, handle, on_count
+        self.in_flight = 0
+        self.intake = True
+        self._changed = anyio.Event()
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    def wake(self) -> None:
+        """Look at the free slots again now (after a status change, say)."""
+        self._changed.set()
+
+    def stop_intake(self) -> None:
+        self.intake = False
+        self._changed.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    async def run(
+        self, *, background: Sequence[Background] = (),
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:  # fmt: skip
+        async with anyio.create_task_group() as tg:
+            reader = WorkQueueReader(
+                self.nc, stream=self._stream, consumer=self._consumer,
+                on_message=lambda msg: self._take(msg, tg), on_change=self.wake,
+            )  # fmt: skip
+            await reader.start()
+            task_status.started()
+            for task in background:
+                tg.start_soon(task)
+            try:
+                while self.intake:
+                    if self._ready():
+                        await reader.ask(self._capacity() - self.in_flight)
+                    self._changed = anyio.Event()
+                    with anyio.move_on_after(PULL_RECHECK):
+                        await self._changed.wait()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await reader.stop()
+
+    def _take(self, msg: Msg, tg: anyio.abc.TaskGroup) -> None:
+        if self.in_flight >= self._capacity() or not self.intake:
+            tg.start_soon(msg.nak)  # more arrived than there are slots (or we are stopping): hand it back
+            return
+        self._count(+1)
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        tg.start_soon(self._run_one, msg, tg)
+
+    async def _run_one(self, msg: Msg, tg: anyio.abc.TaskGroup) -> None:
+        try:
+            await self._handle(msg, tg)
+        finally:
+            self._count(-1)
+            self._changed.set()
+            if self.in_flight == 0:
+                self._idle.set()
+
+    def _count(self, delta: int) -> None:
+        self.in_flight += delta
+        self._on_count(self.in_flight)

@@ -32,7 +32,7 @@ from schemas.subjects import NSQL_STREAM
 from services.config import NsqlSettings
 from services.runtime.jetstream import ensure_consumer, ensure_nsql_stream, nsql_consumer_config
 from workers.model.cancellation import Cancellations
-from workers.model.work_queue import WorkQueueReader
+from workers.model.work_queue import SlotConsumer
 from workers.nsql.handler import Handled
 
 __all__ = ("NsqlConsumer",)
@@ -40,7 +40,6 @@ __all__ = ("NsqlConsumer",)
 log = structlog.get_logger(__name__)
 _encoder = msgspec.json.Encoder()
 _request_decoder = msgspec.json.Decoder(NsqlRequest)
-PULL_RECHECK = 0.5  # also re-ask after a reconnect
 
 Handle = Callable[[NsqlRequest], Awaitable[Handled]]
 
@@ -63,68 +62,30 @@ class NsqlConsumer:
         self.capacity = settings.capacity
         self.ack_wait = ack_wait
         self.cancellations = cancellations
-        self.intake = True
-        self.in_flight = 0
         self.requests = 0
         self.failures = 0
-        self._changed = anyio.Event()
-        self._idle = anyio.Event()
-        self._idle.set()
         self._active: dict[str, Msg] = {}
+        self._config = nsql_consumer_config(ack_wait)
+        self.slots = SlotConsumer(
+            nc, stream=NSQL_STREAM, consumer=str(self._config.durable_name), capacity=lambda: self.capacity,
+            handle=lambda msg, _tg: self._process(msg),
+        )  # fmt: skip
+
+    @property
+    def in_flight(self) -> int:
+        return self.slots.in_flight
 
     def stop_intake(self) -> None:
-        self.intake = False
-        self._changed.set()
+        self.slots.stop_intake()
 
     async def wait_idle(self) -> None:
-        await self._idle.wait()
+        await self.slots.wait_idle()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         js: JetStreamContext = self.nc.jetstream()
         await ensure_nsql_stream(js, self.settings)
-        config = nsql_consumer_config(self.ack_wait)
-        await ensure_consumer(js, NSQL_STREAM, config)
-        async with anyio.create_task_group() as tg:
-            reader = WorkQueueReader(
-                self.nc, stream=NSQL_STREAM, consumer=str(config.durable_name),
-                on_message=lambda msg: self._take(msg, tg), on_change=self._wake,
-            )  # fmt: skip
-            await reader.start()
-            task_status.started()
-            tg.start_soon(self.keep_alive)
-            try:
-                while self.intake:
-                    await reader.ask(self.capacity - self.in_flight)
-                    self._changed = anyio.Event()
-                    with anyio.move_on_after(PULL_RECHECK):
-                        await self._changed.wait()
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await reader.stop()
-
-    def _wake(self) -> None:
-        self._changed.set()
-
-    def _take(self, msg: Msg, tg: anyio.abc.TaskGroup) -> None:
-        if self.in_flight >= self.capacity or not self.intake:
-            tg.start_soon(msg.nak)  # more arrived than there are slots (or we are stopping): hand it back
-            return
-        self.in_flight += 1
-        if self._idle.is_set():
-            self._idle = anyio.Event()
-        tg.start_soon(self._handle, msg)
-
-    def _release(self) -> None:
-        self.in_flight -= 1
-        self._changed.set()
-        if self.in_flight == 0:
-            self._idle.set()
-
-    async def _handle(self, msg: Msg) -> None:
-        try:
-            await self._process(msg)
-        finally:
-            self._release()
+        await ensure_consumer(js, NSQL_STREAM, self._config)
+        await self.slots.run(background=[self.keep_alive], task_status=task_status)
 
     async def _process(self, msg: Msg) -> None:
         try:
