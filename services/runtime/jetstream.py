@@ -54,10 +54,42 @@ async def ensure_events_stream(js: JetStreamContext) -> None:
         discard=DiscardPolicy.OLD,
         duplicate_window=120,
     )
+    await _add_or_update(js, config)
+
+
+async def _add_or_update(js: JetStreamContext, config: StreamConfig) -> None:
     try:
         await js.add_stream(config)
     except BadRequestError:
         await js.update_stream(config)
+
+
+def _work_queue(name: str, subject: str, *, depth: int, request_timeout: float) -> StreamConfig:
+    """A work queue bounded per subject: a full queue refuses new messages (the publisher answers 429)."""
+    return StreamConfig(
+        name=name,
+        subjects=[subject],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        max_msgs_per_subject=depth,
+        discard=DiscardPolicy.NEW,
+        discard_new_per_subject=True,
+        max_age=request_timeout * 2,
+        duplicate_window=min(120.0, request_timeout),
+    )
+
+
+def _pull_consumer(durable: str, subject: str, *, ack_wait: float, max_deliver: int) -> ConsumerConfig:
+    """The durable pull consumer every worker of a queue shares (a work queue allows one per subject)."""
+    return ConsumerConfig(
+        durable_name=durable,
+        filter_subject=subject,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ack_wait,
+        max_deliver=max_deliver,
+        max_ack_pending=-1,
+        max_waiting=4096,
+    )
 
 
 async def model_views(js: JetStreamContext) -> KeyValue:
@@ -68,35 +100,19 @@ async def model_views(js: JetStreamContext) -> KeyValue:
 
 
 async def ensure_chat_stream(js: JetStreamContext, settings: ChatSettings) -> None:
-    """The work queues behind ``modelbus.v1.chat.<model>``: bounded per model, a full queue refuses."""
-    config = StreamConfig(
-        name=CHAT_STREAM,
-        subjects=[f"{PREFIX}.chat.*"],
-        retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE,
-        max_msgs_per_subject=settings.queue_depth,
-        discard=DiscardPolicy.NEW,
-        discard_new_per_subject=True,
-        max_age=settings.request_timeout * 2,
-        duplicate_window=min(120.0, settings.request_timeout),
-    )
-    try:
-        await js.add_stream(config)
-    except BadRequestError:
-        await js.update_stream(config)
+    """The work queues behind ``modelbus.v1.chat.<model>``, bounded per model."""
+    await _add_or_update(
+        js,
+        _work_queue(CHAT_STREAM, f"{PREFIX}.chat.*", depth=settings.queue_depth,
+                    request_timeout=settings.request_timeout),
+    )  # fmt: skip
 
 
 def chat_consumer_config(model: str, settings: ChatSettings) -> ConsumerConfig:
-    """The durable pull consumer every worker of a model shares (a work queue allows one per subject)."""
-    return ConsumerConfig(
-        durable_name=f"chat-{encode_token(model)}",
-        filter_subject=chat_subject(model),
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=settings.ack_wait,
+    return _pull_consumer(
+        f"chat-{encode_token(model)}", chat_subject(model), ack_wait=settings.ack_wait,
         max_deliver=settings.max_deliver,
-        max_ack_pending=-1,
-        max_waiting=4096,
-    )
+    )  # fmt: skip
 
 
 async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
@@ -106,31 +122,13 @@ async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerCon
 
 async def ensure_nsql_stream(js: JetStreamContext, settings: NsqlSettings) -> None:
     """The work queue behind ``modelbus.v1.nsql``, bounded like the chat queues."""
-    config = StreamConfig(
-        name=NSQL_STREAM,
-        subjects=[NSQL_SUBJECT],
-        retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE,
-        max_msgs_per_subject=settings.queue_depth,
-        discard=DiscardPolicy.NEW,
-        discard_new_per_subject=True,
-        max_age=settings.request_timeout * 2,
-        duplicate_window=min(120.0, settings.request_timeout),
+    await _add_or_update(
+        js,
+        _work_queue(
+            NSQL_STREAM, NSQL_SUBJECT, depth=settings.queue_depth, request_timeout=settings.request_timeout
+        ),
     )
-    try:
-        await js.add_stream(config)
-    except BadRequestError:
-        await js.update_stream(config)
 
 
 def nsql_consumer_config(ack_wait: float) -> ConsumerConfig:
-    """The durable pull consumer every NSQL worker shares."""
-    return ConsumerConfig(
-        durable_name="nsql",
-        filter_subject=NSQL_SUBJECT,
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=ack_wait,
-        max_deliver=5,
-        max_ack_pending=-1,
-        max_waiting=4096,
-    )
+    return _pull_consumer("nsql", NSQL_SUBJECT, ack_wait=ack_wait, max_deliver=5)
