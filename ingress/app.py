@@ -1,6 +1,6 @@
 """The Litestar application of the ingress: routes, error shape, auth, request logging and limits.
 
-``create_app`` takes every collaborator explicitly (more arrive with chat completions and NSQL) and reads
+``create_app`` takes every collaborator explicitly (the view store and the bus client) and reads
 nothing from the environment. The app's ASGI handler is wrapped so that request logging, then API-key auth,
 run in front of routing: every response, a 404 for an unknown route included, carries ``x-request-id``.
 """

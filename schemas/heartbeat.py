@@ -21,7 +21,7 @@ class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
 class Heartbeat(msgspec.Struct, frozen=True, kw_only=True, tag="modelbus.v1.heartbeat", tag_field="type"):
     worker_id: str
     model: str
-    kind: str  # "model" or "nsql"
+    kind: str  # the worker kind; only model workers send heartbeats (NSQL workers answer nsql_ready)
     status: ModelStatus
     info: ModelInfo
     error: ErrorInfo | None = None

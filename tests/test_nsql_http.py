@@ -12,6 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import msgspec
 import pytest
@@ -185,6 +186,17 @@ async def test_bad_requests_are_400_and_a_missing_worker_503(
             assert refused.status_code == 400
             assert refused.json()["error"]["code"] == "sql_failed"
             assert admin_rows(nsql_engine, "SELECT count() FROM modelbus.sales_data") == before
+
+            # a client that hangs up stops the question, and the model call it was waiting on
+            upstream.upstream.behaviour = Behaviour(
+                reply=msgspec.json.encode({"sql": TOP5}).decode(), delay_s=30
+            )
+            with anyio.move_on_after(1.0):
+                await http.post("/v1/nsql", json={"query": QUESTION})
+            seen = upstream.upstream.requests[-1]
+            with anyio.fail_after(10):
+                while not seen.disconnected:
+                    await anyio.sleep(0.05)
 
 
 @pytest.mark.slow

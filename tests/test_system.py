@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from services.config import NatsSettings
+from services.config import ConfigError, NatsSettings, parse_config
 from services.runtime.embedded_nats import EmbeddedNats
 from services.runtime.nats_client import connected
 from tests.support.processes import modelbus_argv, service, wait_http_ok
@@ -123,3 +123,18 @@ def test_a_bad_config_fails_at_start_with_file_key_and_fix(tmp_path: Path) -> No
     )
     assert result.returncode == 2
     assert str(config) in result.stderr and "runtime.http.prot" in result.stderr and "port" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("runtime:\n  nsql: {model: nope}\n", "runtime.nsql.model"),
+        ("runtime:\n  clickhouse: {url: 'clickhouse.example:9000'}\n", "runtime.clickhouse.url"),
+        ("models:\n  - {name: a, from: 'openai:x', datasets: [missing]}\n", "models[0].datasets"),
+    ],
+)
+def test_config_mistakes_name_the_key(text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, {}, source="m.yaml")
+    assert caught.value.key == key
+    assert caught.value.fix

@@ -19,6 +19,7 @@ from litestar.openapi.spec.security_requirement import SecurityRequirement
 from litestar.params import Body
 from litestar.response import Stream
 
+from ingress.disconnect import unless_disconnected
 from ingress.errors import ApiError, error_body, error_spec
 from ingress.view_store import ModelViewStore
 from schemas.chat import ChatChunk, ChatEnd, ChatFailure, ChatReply, ChatResult
@@ -71,29 +72,6 @@ def _check_model(views: ModelViewStore, model: str) -> None:
             param="model",
             headers={"Retry-After": "1"},
         )
-
-
-async def _first_reply(pending: PendingChat, request: Request[Any, Any, Any]) -> ChatReply | None:
-    """The first reply, or None when the client disconnected first (the work is then cancelled)."""
-    result: list[ChatReply] = []
-    failed: list[Exception] = []
-    async with anyio.create_task_group() as tg:
-
-        async def watch_disconnect() -> None:
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(watch_disconnect)
-        try:
-            result.append(await pending.next())
-        except (TimeoutError, ReplyLost) as exc:  # raised outside the group, not wrapped in one
-            failed.append(exc)
-        finally:
-            tg.cancel_scope.cancel()
-    if failed:
-        raise failed[0]
-    return result[0] if result else None
 
 
 def _bus_error(exc: Exception, model: str, settings: ChatSettings) -> ApiError:
@@ -187,7 +165,7 @@ def chat_router(
         except (QueueFull, BusUnavailable) as exc:
             raise _bus_error(exc, data.model, settings) from exc
         try:
-            first = await _first_reply(pending, request)
+            first = await unless_disconnected(request, pending.next)
         except (TimeoutError, ReplyLost) as exc:
             await pending.close(cancel=True)
             raise _bus_error(exc, data.model, settings) from exc

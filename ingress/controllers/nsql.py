@@ -20,6 +20,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec.security_requirement import SecurityRequirement
 from litestar.params import Body
 
+from ingress.disconnect import unless_disconnected
 from ingress.errors import ApiError, error_spec
 from ingress.view_store import ModelViewStore
 from schemas.nsql import NsqlQuery, NsqlReply, NsqlRequest, negotiate
@@ -198,18 +199,27 @@ def nsql_router(
                 code="bus_unavailable",
                 headers={"Retry-After": "1"},
             ) from exc
-        try:
+
+        async def answer() -> bytes:
             with anyio.fail_after(max(0.0, deadline - time.time())):
-                reply = _reply_decoder.decode(await replies.receive())
+                return await replies.receive()
+
+        try:
+            raw = await unless_disconnected(request, answer)
         except TimeoutError as exc:
             await dispatcher.cancel(request_id)
             raise ApiError(504, "The question was not answered in time", code="timeout") from exc
         finally:
             dispatcher.forget(request_id)
+        if raw is None:  # the client left: stop the work (and its model calls)
+            await dispatcher.cancel(request_id)
+            return Response(content=b"", status_code=499)
+        reply = _reply_decoder.decode(raw)
         if reply.status != 200:
             raise ApiError(
                 reply.status, reply.error_message or "NSQL failed", code=reply.error_code or "nsql_failed"
             )
-        return Response(content=reply.body.encode(), status_code=200, media_type=fmt.content_type)
+        # the bare media type: Litestar adds "; charset=utf-8" to text/* itself
+        return Response(content=reply.body.encode(), status_code=200, media_type=fmt.value)
 
     return Router(path="/v1", route_handlers=[nsql])

@@ -138,6 +138,17 @@ def _check(config: Config, source: str) -> None:
         )
     if nats.user and not nats.password:
         raise ConfigError(source, "runtime.nats.password", "a user needs a password", "set `password:`")
+    nsql_model = config.runtime.nsql.model
+    if nsql_model is not None and config.model(nsql_model) is None:
+        raise ConfigError(
+            source, "runtime.nsql.model", f"model `{nsql_model}` is not defined", f"use one of {names}"
+        )
+    clickhouse = config.runtime.clickhouse.url
+    if clickhouse != "embedded" and not clickhouse.startswith(("http://", "https://")):
+        raise ConfigError(
+            source, "runtime.clickhouse.url", f"`{clickhouse}` is not a ClickHouse URL",
+            "use `embedded`, or http(s)://[user:password@]host:port",
+        )  # fmt: skip
     datasets = [d.name for d in config.datasets]
     for i, name in enumerate(datasets):
         if datasets.count(name) > 1:

@@ -1,7 +1,8 @@
 """Models run in this process by llama.cpp (llama-cpp-python) from a GGUF file verified by hash.
 
 Generation runs in a worker thread, one at a time per model (a llama.cpp context is not thread-safe).
-Cancelling the caller stops the generation within one token: a logits processor checks a flag.
+Cancelling the caller stops the generation within one token: generation always streams internally, and
+the thread checks a flag between tokens.
 """
 
 from __future__ import annotations
