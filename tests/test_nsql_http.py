@@ -121,15 +121,16 @@ async def test_each_accept_type_answers_the_seed_question(
             assert "sales_data" in envelope["sql"]
 
             sql = await http.post("/v1/nsql", json=body, headers={"Accept": "application/sql"})
-            assert sql.headers["content-type"].startswith("application/sql")
+            assert sql.headers["content-type"] == "application/sql; charset=utf-8"
             assert sql.text.lower().startswith("select") and "limit 5" in sql.text.lower()
 
             as_csv = await http.post("/v1/nsql", json=body, headers={"Accept": "text/csv"})
+            assert as_csv.headers["content-type"] == "text/csv; charset=utf-8"
             rows = list(csv.DictReader(io.StringIO(as_csv.text)))
             assert [r["customer_id"] for r in rows] == [str(r["customer_id"]) for r in expected]
 
             text = await http.post("/v1/nsql", json=body, headers={"Accept": "text/plain"})
-            assert text.headers["content-type"].startswith("text/plain")
+            assert text.headers["content-type"] == "text/plain; charset=utf-8"
             assert all(str(r["customer_name"]) in text.text for r in expected)
 
             # the seed's request, word for word: "nql" is Spice's name for the NSQL model

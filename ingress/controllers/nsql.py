@@ -17,13 +17,15 @@ import nats.errors
 import structlog
 from litestar import Request, Response, Router, post
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Schema
 from litestar.openapi.spec.security_requirement import SecurityRequirement
 from litestar.params import Body
 
 from ingress.disconnect import unless_disconnected
 from ingress.errors import ApiError, error_spec
+from ingress.openapi import operation_with_content
 from ingress.view_store import ModelViewStore
-from schemas.nsql import NsqlQuery, NsqlReply, NsqlRequest, negotiate
+from schemas.nsql import NsqlQuery, NsqlReply, NsqlRequest, ResponseFormat, negotiate
 from schemas.status import ModelStatus
 from schemas.subjects import NSQL_READY_SUBJECT, NSQL_SUBJECT
 from services.config import Config, ModelConfig
@@ -123,12 +125,15 @@ class _WorkerPresence:
         self._ready_until = time.monotonic() + READY_CACHE_S
 
 
-def _responses() -> dict[int, ResponseSpec]:
-    return {
+def _responses(*, auth: bool) -> dict[int, ResponseSpec]:
+    responses = {
         400: error_spec(
             "Unknown model or dataset, bad body, or SQL that still failed after the last attempt"
         ),
+        413: error_spec("The request body is too large"),
         429: error_spec("The NSQL queue is full (see Retry-After)"),
+        500: error_spec("The NSQL worker failed on this request"),
+        502: error_spec("The model failed while writing the SQL"),
         503: error_spec("No ready model or NSQL worker"),
         504: error_spec("The deadline passed"),
         200: ResponseSpec(
@@ -136,6 +141,34 @@ def _responses() -> dict[int, ResponseSpec]:
             description="Rows as JSON (default); with other Accept types: the vnd envelope, SQL, CSV or text",
         ),
     }
+    if auth:
+        responses[401] = error_spec("Missing or invalid API key")
+    return responses
+
+
+def _text(description: str) -> OpenAPIMediaType:
+    return OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING, description=description))
+
+
+# the formats ``Accept`` selects (see schemas.nsql.negotiate), beside the default JSON rows
+_FORMAT_CONTENT = {
+    ResponseFormat.VND.value: OpenAPIMediaType(
+        schema=Schema(
+            type=OpenAPIType.OBJECT,
+            description="Spice's envelope: the row count, the result's schema, the rows and the SQL",
+            required=["row_count", "schema", "data", "sql"],
+            properties={
+                "row_count": Schema(type=OpenAPIType.INTEGER),
+                "schema": Schema(type=OpenAPIType.OBJECT),
+                "data": Schema(type=OpenAPIType.ARRAY, items=Schema(type=OpenAPIType.OBJECT)),
+                "sql": Schema(type=OpenAPIType.STRING),
+            },
+        )
+    ),
+    ResponseFormat.SQL.value: _text("The SQL only, not executed (`Accept: application/sql`)"),
+    ResponseFormat.CSV.value: _text("The rows as RFC 4180 CSV with a header"),
+    ResponseFormat.TEXT.value: _text("The rows as an aligned text table"),
+}
 
 
 def nsql_router(
@@ -153,7 +186,8 @@ def nsql_router(
         summary="Answer a question in English from the datasets (text-to-SQL on ClickHouse)",
         status_code=200,
         security=security,
-        responses=_responses(),
+        responses=_responses(auth=bool(security)),
+        operation_class=operation_with_content({"200": _FORMAT_CONTENT}),
     )
     async def nsql(request: Request[Any, Any, Any], data: NsqlBody) -> Response[Any]:
         model, datasets = resolve(config, data)
@@ -219,7 +253,8 @@ def nsql_router(
             raise ApiError(
                 reply.status, reply.error_message or "NSQL failed", code=reply.error_code or "nsql_failed"
             )
-        # the bare media type: Litestar adds "; charset=utf-8" to text/* itself
-        return Response(content=reply.body.encode(), status_code=200, media_type=fmt.value)
+        # Litestar adds "; charset=utf-8" to text/* itself; application/sql gets it from the format
+        media_type = fmt.value if fmt.value.startswith("text/") else fmt.content_type
+        return Response(content=reply.body.encode(), status_code=200, media_type=media_type)
 
     return Router(path="/v1", route_handlers=[nsql])
