@@ -10,6 +10,7 @@ from pathlib import Path
 
 import anyio
 import httpx
+import nats.errors
 import openai
 import pytest
 
@@ -105,8 +106,14 @@ async def test_services_as_processes_a_killed_worker_turns_error_within_the_ttl(
             await wait_http_ok(f"http://127.0.0.1:{port}/health")
             async with connected(NatsSettings(), nats_server.url, name="probe") as nc:
                 for service_name in ("modelbus-registry", "modelbus-ingress", "modelbus-model-worker"):
-                    info = json.loads((await nc.request(f"$SRV.INFO.{service_name}", b"", timeout=5)).data)
-                    assert info["name"] == service_name  # every process is discoverable
+                    with anyio.fail_after(30):  # each process registers once it has started
+                        while True:
+                            try:
+                                reply = await nc.request(f"$SRV.INFO.{service_name}", b"", timeout=2)
+                                break
+                            except nats.errors.NoRespondersError:
+                                await anyio.sleep(0.1)
+                    assert json.loads(reply.data)["name"] == service_name  # every process is discoverable
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
                 await _wait_status(http, "gpt-4.1", "ready")
                 worker.kill()

@@ -15,12 +15,14 @@ import anyio
 import msgspec
 import structlog
 from litestar import MediaType, Request, Response, Router, post
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Schema
 from litestar.openapi.spec.security_requirement import SecurityRequirement
 from litestar.params import Body
 from litestar.response import Stream
 
 from ingress.disconnect import unless_disconnected
 from ingress.errors import ApiError, error_body, error_spec
+from ingress.openapi import operation_with_content
 from ingress.view_store import ModelViewStore
 from schemas.chat import ChatChunk, ChatEnd, ChatFailure, ChatReply, ChatResult
 from schemas.openai import ChatCompletionRequest
@@ -35,6 +37,37 @@ _encoder = msgspec.json.Encoder()
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 DONE = b"data: [DONE]\n\n"
 ChatBody = Annotated[ChatCompletionRequest, Body(description="OpenAI's chat completion request")]
+_COMPLETION_CONTENT = {
+    MediaType.JSON.value: OpenAPIMediaType(
+        schema=Schema(
+            type=OpenAPIType.OBJECT,
+            description="OpenAI's `chat.completion` object, as the provider answered it",
+            required=["id", "object", "created", "model", "choices"],
+            properties={
+                "id": Schema(type=OpenAPIType.STRING),
+                "object": Schema(type=OpenAPIType.STRING, const="chat.completion"),
+                "created": Schema(type=OpenAPIType.INTEGER),
+                "model": Schema(type=OpenAPIType.STRING),
+                "choices": Schema(type=OpenAPIType.ARRAY, items=Schema(type=OpenAPIType.OBJECT)),
+                "usage": Schema(type=OpenAPIType.OBJECT),
+            },
+        )
+    ),
+    "text/event-stream": OpenAPIMediaType(
+        # OpenAPI 3.1 convention for event streams: the schema describes each event
+        schema=Schema(
+            type=OpenAPIType.OBJECT,
+            description="One server-sent event (`stream: true`): a `chat.completion.chunk` as JSON in "
+            "`data`, the last one `[DONE]`; a failure after the first chunk is an `error` event with the "
+            "error shape.",
+            required=["data"],
+            properties={
+                "event": Schema(type=OpenAPIType.STRING, enum=["message", "error"]),
+                "data": Schema(type=OpenAPIType.STRING),
+            },
+        )
+    ),
+}
 
 
 def _failure_error(failure: ChatFailure) -> ApiError:
@@ -131,20 +164,27 @@ def chat_router(
     views: ModelViewStore, dispatcher: ChatDispatcher, *, security: list[SecurityRequirement] | None
 ) -> Router:
     settings = dispatcher.settings
+    errors = {
+        400: error_spec("Malformed or invalid request"),
+        404: error_spec("Unknown model"),
+        413: error_spec("The request body is too large"),
+        429: error_spec("The model's queue is full (see Retry-After)"),
+        502: error_spec("The upstream provider failed"),
+        503: error_spec("The model has no ready worker, or the bus is unavailable"),
+        504: error_spec("The deadline passed"),
+    }
+    if security:
+        errors[401] = error_spec("Missing or invalid API key")
 
     @post(
         "/chat/completions",
         summary="Create a chat completion (OpenAI-compatible, streaming included)",
+        description="A `chat.completion` object as JSON, or with `stream: true` server-sent events: one "
+        "`chat.completion.chunk` per `data:` line, then `data: [DONE]`.",
         status_code=200,
         security=security,
-        responses={
-            400: error_spec("Malformed or invalid request"),
-            404: error_spec("Unknown model"),
-            429: error_spec("The model's queue is full (see Retry-After)"),
-            502: error_spec("The upstream provider failed"),
-            503: error_spec("The model has no ready worker, or the bus is unavailable"),
-            504: error_spec("The deadline passed"),
-        },
+        responses=errors,
+        operation_class=operation_with_content({"200": _COMPLETION_CONTENT}),
     )
     async def create_chat_completion(request: Request[Any, Any, Any], data: ChatBody) -> Response[Any]:
         _check_model(views, data.model)

@@ -78,7 +78,8 @@ def resolve(config: Config, query: NsqlQuery) -> tuple[ModelConfig, tuple[str, .
             )
         model = found
     allowed = model.datasets or tuple(d.name for d in config.datasets)
-    if query.datasets is None:
+    # an empty list means "not given": passed on as (), the worker would query all of its datasets
+    if not query.datasets:
         if not allowed:
             raise ApiError(400, "No datasets are configured", code="dataset_not_found", param="datasets")
         return model, allowed

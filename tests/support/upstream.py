@@ -104,6 +104,11 @@ class Upstream:
         if path.endswith("/chat/completions") and method == "POST":
             seen = Seen(body=msgspec.json.decode(body), started=time.time())
             self.requests.append(seen)
+            problem = _invalid_tools(seen.body)
+            if problem is not None:  # as OpenAI does, instead of failing on it later
+                await _error(send, 400, problem)
+                seen.ended = time.time()
+                return
             try:
                 await self._chat(seen, b, receive, send)
             except OSError:
@@ -117,10 +122,12 @@ class Upstream:
         await _error(send, 404, f"no route {method} {path}")
 
     async def _chat(self, seen: Seen, b: Behaviour, receive: Receive, send: Send) -> None:
+        answered = False
         async with anyio.create_task_group() as tg:
 
             async def watch() -> None:
-                if (await receive())["type"] == "http.disconnect":
+                # after the whole answer is sent, uvicorn reports a disconnect too: that is no hang-up
+                if (await receive())["type"] == "http.disconnect" and not answered:
                     seen.disconnected = True
                     tg.cancel_scope.cancel()
 
@@ -133,7 +140,17 @@ class Upstream:
                 await _stream(seen.body, b, self._reply_text(b), send)
             else:
                 await _json(send, 200, _completion(seen.body, self._reply_text(b)))
+            answered = True
             tg.cancel_scope.cancel()
+
+
+def _invalid_tools(request: dict[str, Any]) -> str | None:
+    """What OpenAI would reject in ``tools`` (each needs a ``function`` with a string ``name``), if any."""
+    for i, tool in enumerate(request.get("tools") or []):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            return f"Missing required parameter: 'tools[{i}].function.name'."
+    return None
 
 
 def _tool_call(request: dict[str, Any]) -> dict[str, Any] | None:
