@@ -12,7 +12,8 @@ Writes follow these rules so that a restart, or two registries at once, never ma
   else it retries only after half an interval, once it has heard what the other registry acted on
   (retrying at once could put back a view the other registry had just moved past);
 * only the registry whose write succeeded publishes the event, with ``Nats-Msg-Id: <key>:<revision>``;
-* after start it listens for one TTL before it rewrites a model the bucket already has (except to turn it
+* after start it listens for 1.25 heartbeat intervals (each live worker beats once in that time) before it
+  rewrites a model the bucket already has (except to turn it
   ``ready``: one ready worker is conclusive), so it never judges from half the workers.
 """
 
@@ -58,6 +59,7 @@ _NATS_ERRORS = (nats.errors.Error, TimeoutError, OSError)
 _WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's codes for a failed compare-and-set
 _MAX_PENDING_EVENTS = 10_000
 _PENDING_HEARTBEATS = 65_536
+WARM_UP_INTERVALS = 1.25  # a restarted registry listens this many heartbeat intervals before writing
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +86,8 @@ class Registry:
         self._clock = clock
         heartbeat = config.runtime.heartbeat
         self._ttl = heartbeat.ttl
+        # every live worker beats once per interval: a little more than one interval hears them all
+        self._warm_up_s = heartbeat.interval * WARM_UP_INTERVALS
         self._tick_s = min(max(heartbeat.interval / 4, 0.05), 1.0)
         self._grace_s = heartbeat.interval / 2
         self._shutdown_s = config.runtime.shutdown_grace
@@ -127,7 +131,7 @@ class Registry:
             self._listening_since = self._clock()
             self._known = await self._snapshot()
             self._baseline = frozenset(self._known)
-            log.info("registry.started", models=sorted(self._known), warm_up_s=self._ttl)
+            log.info("registry.started", models=sorted(self._known), warm_up_s=self._warm_up_s)
             async with self._lock:
                 for model in self._configured:
                     self._sync(model)
@@ -209,7 +213,7 @@ class Registry:
             return
         for model in self._table.expire():
             self._sync(model)
-        if not self._warm and self._clock() - self._listening_since >= self._ttl:
+        if not self._warm and self._clock() - self._listening_since >= self._warm_up_s:
             await self._end_warm_up()
         await self._flush()
 
