@@ -55,3 +55,8 @@ bench *args:
 [doc('re-pin requirements/*.txt from the *.in files and the installed venv')]
 lock:
     {{ venv }}/python requirements/lock.py
+
+[group('check')]
+[doc('soak: a mixed load (chat, streams, NSQL, listings) against every process; --minutes (10), --seconds, --concurrency (16)')]
+soak *args:
+    {{ venv }}/python -m tests.bench.soak "$@"

@@ -40,6 +40,7 @@ __all__ = (
 
 EVENTS_MAX_AGE_S = 7 * 24 * 3600
 EVENTS_PER_SUBJECT = 10_000
+DEDUPE_WINDOW_S = 10.0
 
 
 async def ensure_events_stream(js: JetStreamContext) -> None:
@@ -75,7 +76,9 @@ def _work_queue(name: str, subject: str, *, depth: int, request_timeout: float) 
         discard=DiscardPolicy.NEW,
         discard_new_per_subject=True,
         max_age=request_timeout * 2,
-        duplicate_window=min(120.0, request_timeout),
+        # ids are ours (a uuid per request) and a publish is never retried: a short window only guards a
+        # resent message, and keeps the server from remembering every id for minutes (RSS, in the soak)
+        duplicate_window=min(DEDUPE_WINDOW_S, request_timeout),
     )
 
 

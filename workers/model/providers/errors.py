@@ -75,10 +75,16 @@ def _error_of(response: UpstreamResponse) -> _UpstreamError | str | None:
         return None
 
 
-def upstream_message(response: UpstreamResponse) -> str:
-    """The provider's own error message (OpenAI's ``{"error": {"message"}}``), else the status line."""
+def upstream_message(response: UpstreamResponse, secret: str | None = None) -> str:
+    """The provider's own error message (OpenAI's ``{"error": {"message"}}``), else the status line.
+
+    Some providers echo the API key they were sent in the message: ``secret`` (the key) is masked out, as the
+    message ends up in logs, in the model's status and in the client's error.
+    """
     error = _error_of(response)
     detail = error.message if isinstance(error, _UpstreamError) else error
+    if detail and secret:
+        detail = detail.replace(secret, "***")
     try:
         reason = f"{response.status} {HTTPStatus(response.status).phrase}"
     except ValueError:
@@ -93,13 +99,13 @@ def client_status(upstream_status: int) -> int:
     return 400 if 400 <= upstream_status < 500 else 502
 
 
-def upstream_error(response: UpstreamResponse) -> ProviderError:
+def upstream_error(response: UpstreamResponse, secret: str | None = None) -> ProviderError:
     error = _error_of(response)
     detail = error if isinstance(error, _UpstreamError) else _UpstreamError()
     status = response.status
     return ProviderError(
         client_status(status),
-        f"upstream error: {upstream_message(response)}",
+        f"upstream error: {upstream_message(response, secret)}",
         type_=detail.type or ("invalid_request_error" if status < 500 else "server_error"),
         code=None if detail.code is None else str(detail.code),
         param=detail.param,

@@ -59,6 +59,7 @@ class OpenAIProvider:
         self.state = state
         params = model.params
         api_key = params.api_key or params.openai_api_key
+        self._api_key = api_key or None  # masked out of upstream error messages
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -92,7 +93,7 @@ class OpenAIProvider:
             ) from exc
         if response.status >= 400:
             failed = UpstreamResponse(response.status, body)
-            raise CheckFailed(classify_status(response.status), upstream_message(failed))
+            raise CheckFailed(classify_status(response.status), upstream_message(failed, self._api_key))
 
     def _post(self, call: ChatCall, *, stream: bool) -> Any:
         body = {**call.body, "model": self.model.provider_model, "stream": stream}
@@ -112,7 +113,7 @@ class OpenAIProvider:
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise transport_error(exc, self.endpoint) from exc
         if response.status >= 400:
-            raise upstream_error(UpstreamResponse(response.status, body))
+            raise upstream_error(UpstreamResponse(response.status, body), self._api_key)
         return body
 
     async def stream(self, call: ChatCall, emit: Emit) -> None:
@@ -122,7 +123,9 @@ class OpenAIProvider:
         try:
             async with self._post(call, stream=True) as response:
                 if response.status >= 400:
-                    raise upstream_error(UpstreamResponse(response.status, await response.read()))
+                    raise upstream_error(
+                        UpstreamResponse(response.status, await response.read()), self._api_key
+                    )
                 async for raw_line in response.content:
                     line = raw_line.strip()
                     if not line.startswith(_DATA):

@@ -1,0 +1,105 @@
+"""Start the whole system as separate processes for a benchmark or a soak: nats-server (embedded, loopback),
+stand-in upstreams and the modelbus services, exactly as an operator would; read each process's RSS."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from services.runtime.embedded_nats import EmbeddedNats
+from tests.support.processes import ServiceProcess, modelbus_argv
+
+__all__ = ("System", "rss_kib", "running_system")
+
+# service name -> the ``modelbus`` sub-command that runs it
+SERVICES: Mapping[str, tuple[str, ...]] = {
+    "registry": ("registry",),
+    "model worker": ("worker", "model"),
+    "nsql worker": ("worker", "nsql"),
+    "ingress": ("ingress",),
+}
+
+
+def rss_kib(pid: int) -> int:
+    """The resident set size of ``pid`` in KiB (``VmRSS`` in /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise ValueError(f"no VmRSS for pid {pid}")
+
+
+@dataclass
+class System:
+    nats: EmbeddedNats
+    logs: Path
+    processes: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    @property
+    def pids(self) -> dict[str, int]:
+        found = {name: p.pid for name, p in self.processes.items()}
+        if self.nats._proc is not None:
+            found["nats-server"] = self.nats._proc.pid
+        return found
+
+    def exited(self) -> dict[str, int]:
+        """The processes that have exited, with their exit codes."""
+        return {name: code for name, p in self.processes.items() if (code := p.proc.poll()) is not None}
+
+    async def control(self, upstream_port: int, **behaviour: object) -> None:
+        """Set a stand-in upstream's behaviour (see tests.support.upstream.Behaviour)."""
+        async with httpx.AsyncClient() as http:
+            response = await http.post(f"http://127.0.0.1:{upstream_port}/_control", json=behaviour)
+            response.raise_for_status()
+
+
+@asynccontextmanager
+async def running_system(
+    workdir: Path,
+    config_text: str,
+    *,
+    upstream_ports: Mapping[str, int],
+    services: Sequence[str] = tuple(SERVICES),
+) -> AsyncIterator[System]:
+    """nats-server, a stand-in upstream per ``upstream_ports`` entry, and ``services`` on ``config_text``."""
+    async with EmbeddedNats(workdir / "nats") as nats_server:
+        config = workdir / "modelbus.yaml"
+        config.write_text(config_text)
+        logs = workdir / "logs"
+        logs.mkdir(exist_ok=True)
+        system = System(nats_server, logs)
+        common = ("--config", str(config), "--nats-url", nats_server.url)
+        try:
+            for name, port in upstream_ports.items():
+                system.processes[name] = ServiceProcess(
+                    [sys.executable, "-m", "tests.support.upstream", "--port", str(port)],
+                    logs / f"{name.replace(' ', '-')}.log",
+                )
+            for name in services:
+                system.processes[name] = ServiceProcess(
+                    modelbus_argv(*SERVICES[name], *common), logs / f"{name.replace(' ', '-')}.log"
+                )
+            await _wait_upstreams(upstream_ports.values())
+            yield system
+        finally:
+            for process in reversed(list(system.processes.values())):
+                process.terminate()
+
+
+async def _wait_upstreams(ports: Iterable[int]) -> None:
+    async with httpx.AsyncClient(timeout=2) as http:
+        for port in ports:
+            for _ in range(300):
+                try:
+                    if (await http.get(f"http://127.0.0.1:{port}/v1/models")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+            else:
+                raise TimeoutError(f"the stand-in upstream on port {port} did not start")
