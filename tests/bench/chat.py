@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +19,11 @@ import httpx
 import msgspec
 import uvloop
 
-from services.runtime.embedded_nats import EmbeddedNats
 from tests.bench.loadgen import Result, post, run_load
-from tests.support.processes import ServiceProcess, modelbus_argv
+from tests.bench.system import running_system
 
 MESSAGES = [{"role": "user", "content": "Say something short."}]
+UPSTREAM = "upstream"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -81,71 +80,45 @@ def line(label: str, r: Result) -> str:
 
 async def main(seconds: float, workdir: Path) -> int:
     upstream_port, ingress_port = free_port(), free_port()
-    async with EmbeddedNats(workdir / "nats") as nats_server:
-        config = workdir / "modelbus.yaml"
-        config.write_text(
-            f"runtime:\n  http: {{port: {ingress_port}}}\n  heartbeat: {{interval: 1.0}}\n"
-            f"  chat: {{queue_depth: 4096}}\n  log_level: info\n"
-            f"models:\n  - name: bench\n    from: openai:bench\n"
-            f"    params: {{endpoint: 'http://127.0.0.1:{upstream_port}/v1', api_key: sk-bench, "
-            "capacity: 128}\n"
-        )
-        logs = workdir / "logs"
-        logs.mkdir()
-        common = ("--config", str(config), "--nats-url", nats_server.url)
-        upstream = ServiceProcess(
-            [sys.executable, "-m", "tests.support.upstream", "--port", str(upstream_port)],
-            logs / "upstream.log",
-        )
-        processes = {
-            "registry": ServiceProcess(modelbus_argv("registry", *common), logs / "registry.log"),
-            "model worker": ServiceProcess(modelbus_argv("worker", "model", *common), logs / "worker.log"),
-            "ingress": ServiceProcess(modelbus_argv("ingress", *common), logs / "ingress.log"),
-        }
-        nats_pid = nats_server._proc.pid if nats_server._proc else None
-        try:
-            await wait_ready(f"http://127.0.0.1:{ingress_port}", "bench")
-            async with httpx.AsyncClient() as http:
-                await http.post(
-                    f"http://127.0.0.1:{upstream_port}/_control",
-                    json={"reply": " ".join(["word"] * 20), "chunks": 20},
-                )
-            print(f"modelbus chat benchmark, {seconds:.0f} s per run, {os.cpu_count()} cores\n")
-            for scenario in SCENARIOS:
-                direct = await run_load(
-                    "127.0.0.1",
-                    upstream_port,
-                    post("/v1/chat/completions", body("bench", scenario.stream)),
-                    concurrency=scenario.concurrency,
-                    seconds=seconds,
-                )
-                pids = {name: p.pid for name, p in processes.items()} | (
-                    {"nats-server": nats_pid} if nats_pid else {}
-                )
-                before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-                through = await run_load(
-                    "127.0.0.1",
-                    ingress_port,
-                    post("/v1/chat/completions", body("bench", scenario.stream)),
-                    concurrency=scenario.concurrency,
-                    seconds=seconds,
-                )
-                after = {name: cpu_seconds(pid) for name, pid in pids.items()}
-                print(f"{scenario.name}")
-                print(line("direct", direct))
-                print(line("modelbus", through))
-                print(
-                    f"  {'added p50':<10} {through.p50 - direct.p50:>9.2f} ms    "
-                    f"throughput ratio {through.rate / direct.rate:.2f}"
-                )
-                per_request = {
-                    name: (after[name] - before[name]) / max(1, through.requests) * 1e6 for name in pids
-                }
-                print("  CPU per request: " + ", ".join(f"{n} {us:.0f} us" for n, us in per_request.items()))
-                print()
-        finally:
-            for process in (*processes.values(), upstream):
-                process.terminate()
+    config = (
+        f"runtime:\n  http: {{port: {ingress_port}}}\n  heartbeat: {{interval: 1.0}}\n"
+        f"  chat: {{queue_depth: 4096}}\n  log_level: info\n"
+        f"models:\n  - name: bench\n    from: openai:bench\n"
+        f"    params: {{endpoint: 'http://127.0.0.1:{upstream_port}/v1', api_key: sk-bench, "
+        "capacity: 128}\n"
+    )
+    async with running_system(
+        workdir,
+        config,
+        upstream_ports={UPSTREAM: upstream_port},
+        services=("registry", "model worker", "ingress"),
+    ) as system:
+        await wait_ready(f"http://127.0.0.1:{ingress_port}", "bench")
+        await system.control(upstream_port, reply=" ".join(["word"] * 20), chunks=20)
+        pids = {name: pid for name, pid in system.pids.items() if name != UPSTREAM}
+        print(f"modelbus chat benchmark, {seconds:.0f} s per run, {os.cpu_count()} cores\n")
+        for scenario in SCENARIOS:
+            request = post("/v1/chat/completions", body("bench", scenario.stream))
+            direct = await run_load(
+                "127.0.0.1", upstream_port, request, concurrency=scenario.concurrency, seconds=seconds
+            )
+            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            through = await run_load(
+                "127.0.0.1", ingress_port, request, concurrency=scenario.concurrency, seconds=seconds
+            )
+            after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            print(f"{scenario.name}")
+            print(line("direct", direct))
+            print(line("modelbus", through))
+            print(
+                f"  {'added p50':<10} {through.p50 - direct.p50:>9.2f} ms    "
+                f"throughput ratio {through.rate / direct.rate:.2f}"
+            )
+            per_request = {
+                name: (after[name] - before[name]) / max(1, through.requests) * 1e6 for name in pids
+            }
+            print("  CPU per request: " + ", ".join(f"{n} {us:.0f} us" for n, us in per_request.items()))
+            print()
     return 0
 
 

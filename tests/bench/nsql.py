@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
@@ -20,10 +19,9 @@ import httpx
 import msgspec
 import uvloop
 
-from services.runtime.embedded_nats import EmbeddedNats
 from tests.bench.chat import free_port
 from tests.bench.loadgen import post, run_load
-from tests.support.processes import ServiceProcess, modelbus_argv
+from tests.bench.system import running_system
 
 TOP5 = (
     "SELECT customer_id, customer_name, sum(total) AS total_sales FROM sales_data "
@@ -39,65 +37,52 @@ def percentile(values: list[float], p: float) -> float:
 
 async def main(seconds: float, workdir: Path) -> int:
     upstream_port, ingress_port = free_port(), free_port()
-    async with EmbeddedNats(workdir / "nats") as nats_server:
-        config = workdir / "modelbus.yaml"
-        config.write_text(
-            f"runtime:\n  http: {{port: {ingress_port}}}\n  heartbeat: {{interval: 1.0}}\n"
-            "  state_dir: state\n"
-            f"models:\n  - name: bench\n    from: openai:bench\n    datasets: [sales_data]\n"
-            f"    params: {{endpoint: 'http://127.0.0.1:{upstream_port}/v1', api_key: sk-bench}}\n"
-            "datasets:\n  - name: sales_data\n    from: sample:sales_data\n"
+    config = (
+        f"runtime:\n  http: {{port: {ingress_port}}}\n  heartbeat: {{interval: 1.0}}\n"
+        "  state_dir: state\n"
+        f"models:\n  - name: bench\n    from: openai:bench\n    datasets: [sales_data]\n"
+        f"    params: {{endpoint: 'http://127.0.0.1:{upstream_port}/v1', api_key: sk-bench}}\n"
+        "datasets:\n  - name: sales_data\n    from: sample:sales_data\n"
+    )
+    async with running_system(workdir, config, upstream_ports={"upstream": upstream_port}) as system:
+        await system.control(upstream_port, reply=msgspec.json.encode({"sql": TOP5}).decode())
+        async with httpx.AsyncClient(timeout=60) as http:
+            for _ in range(600):
+                try:
+                    warm = await http.post(f"http://127.0.0.1:{ingress_port}/v1/nsql", json=QUESTION)
+                    if warm.status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.2)
+            else:
+                raise TimeoutError("modelbus did not answer /v1/nsql")
+        worker_log = system.logs / "nsql-worker.log"
+        log_lines_before = len(worker_log.read_text().splitlines())
+        result = await run_load(
+            "127.0.0.1",
+            ingress_port,
+            post("/v1/nsql", msgspec.json.encode(QUESTION)),
+            concurrency=1,
+            seconds=seconds,
         )
-        logs = workdir / "logs"
-        logs.mkdir()
-        common = ("--config", str(config), "--nats-url", nats_server.url)
-        processes = [
-            ServiceProcess([sys.executable, "-m", "tests.support.upstream", "--port", str(upstream_port)],
-                           logs / "upstream.log"),
-            ServiceProcess(modelbus_argv("registry", *common), logs / "registry.log"),
-            ServiceProcess(modelbus_argv("worker", "model", *common), logs / "model-worker.log"),
-            ServiceProcess(modelbus_argv("worker", "nsql", *common), logs / "nsql-worker.log"),
-            ServiceProcess(modelbus_argv("ingress", *common), logs / "ingress.log"),
-        ]  # fmt: skip
-        try:
-            async with httpx.AsyncClient(timeout=60) as http:
-                reply = msgspec.json.encode({"sql": TOP5}).decode()
-                for _ in range(600):
-                    try:
-                        await http.post(f"http://127.0.0.1:{upstream_port}/_control", json={"reply": reply})
-                        warm = await http.post(f"http://127.0.0.1:{ingress_port}/v1/nsql", json=QUESTION)
-                        if warm.status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    await asyncio.sleep(0.2)
-                else:
-                    raise TimeoutError("modelbus did not answer /v1/nsql")
-            log_lines_before = len((logs / "nsql-worker.log").read_text().splitlines())
-            result = await run_load(
-                "127.0.0.1", ingress_port, post("/v1/nsql", msgspec.json.encode(QUESTION)),
-                concurrency=1, seconds=seconds,
-            )  # fmt: skip
-            lines = (logs / "nsql-worker.log").read_text().splitlines()[log_lines_before:]
-            outside = [
-                float(entry["outside_model_ms"])
-                for entry in (json.loads(line) for line in lines if line.startswith("{"))
-                if entry.get("event") == "nsql.request" and entry.get("status") == 200
-            ]
-            print(f"NSQL benchmark: the top-5 question on 1M rows, one at a time, {seconds:.0f} s\n")
+        lines = worker_log.read_text().splitlines()[log_lines_before:]
+        outside = [
+            float(entry["outside_model_ms"])
+            for entry in (json.loads(line) for line in lines if line.startswith("{"))
+            if entry.get("event") == "nsql.request" and entry.get("status") == 200
+        ]
+        print(f"NSQL benchmark: the top-5 question on 1M rows, one at a time, {seconds:.0f} s\n")
+        print(
+            f"  end to end     {result.rate:>7.1f} req/s   p50 {result.p50:>7.2f} ms   "
+            f"p99 {result.percentile(99):>7.2f} ms   errors {result.errors}"
+        )
+        if outside:
+            p50, p99 = statistics.median(outside), percentile(outside, 99)
             print(
-                f"  end to end     {result.rate:>7.1f} req/s   p50 {result.p50:>7.2f} ms   "
-                f"p99 {result.percentile(99):>7.2f} ms   errors {result.errors}"
+                f"  outside model  p50 {p50:>7.2f} ms   p99 {p99:>7.2f} ms"
+                f"   ({len(outside)} requests; target: p50 under 30 ms)"
             )
-            if outside:
-                p50, p99 = statistics.median(outside), percentile(outside, 99)
-                print(
-                    f"  outside model  p50 {p50:>7.2f} ms   p99 {p99:>7.2f} ms"
-                    f"   ({len(outside)} requests; target: p50 under 30 ms)"
-                )
-        finally:
-            for process in reversed(processes):
-                process.terminate()
     return 0
 
 
