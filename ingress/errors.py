@@ -24,6 +24,8 @@ from litestar.exceptions import (
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
+from schemas.views import ModelView
+
 __all__ = (
     "EXCEPTION_HANDLERS",
     "ApiError",
@@ -31,6 +33,7 @@ __all__ = (
     "ErrorDetail",
     "error_body",
     "error_spec",
+    "model_not_ready",
 )
 
 log = structlog.get_logger(__name__)
@@ -161,3 +164,18 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
 def error_spec(description: str) -> ResponseSpec:
     """An OpenAPI response entry for an error status (the error shape above)."""
     return ResponseSpec(data_container=ErrorBody, description=description, generate_examples=False)
+
+
+def model_not_ready(model: str, view: ModelView | None) -> ApiError:
+    """503 for a known model that has no ready worker, naming its status (and error, if any)."""
+    status = view.status.value if view is not None else "unknown"
+    detail = (
+        f" ({view.error.code}: {view.error_message})" if view is not None and view.error is not None else ""
+    )
+    return ApiError(
+        503,
+        f"The model `{model}` is not ready: its status is {status}{detail}",
+        code="model_not_ready",
+        param="model",
+        headers={"Retry-After": "1"},
+    )

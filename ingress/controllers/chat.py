@@ -21,7 +21,7 @@ from litestar.params import Body
 from litestar.response import Stream
 
 from ingress.disconnect import unless_disconnected
-from ingress.errors import ApiError, error_body, error_spec
+from ingress.errors import ApiError, error_body, error_spec, model_not_ready
 from ingress.openapi import operation_with_content
 from ingress.view_store import ModelViewStore
 from schemas.chat import ChatChunk, ChatEnd, ChatFailure, ChatReply, ChatResult
@@ -97,14 +97,7 @@ def _check_model(views: ModelViewStore, model: str) -> None:
     if view is None:
         raise ApiError(404, f"The model `{model}` does not exist", code="model_not_found", param="model")
     if view.status is not ModelStatus.READY:
-        detail = f" ({view.error.code}: {view.error_message})" if view.error is not None else ""
-        raise ApiError(
-            503,
-            f"The model `{model}` is not ready: its status is {view.status.value}{detail}",
-            code="model_not_ready",
-            param="model",
-            headers={"Retry-After": "1"},
-        )
+        raise model_not_ready(model, view)
 
 
 def _bus_error(exc: Exception, model: str, settings: ChatSettings) -> ApiError:

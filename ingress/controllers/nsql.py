@@ -22,7 +22,7 @@ from litestar.openapi.spec.security_requirement import SecurityRequirement
 from litestar.params import Body
 
 from ingress.disconnect import unless_disconnected
-from ingress.errors import ApiError, error_spec
+from ingress.errors import ApiError, error_spec, model_not_ready
 from ingress.openapi import operation_with_content
 from ingress.view_store import ModelViewStore
 from schemas.nsql import NsqlQuery, NsqlReply, NsqlRequest, ResponseFormat, negotiate
@@ -194,14 +194,7 @@ def nsql_router(
         model, datasets = resolve(config, data)
         view = views.get(model.name)
         if view is None or view.status is not ModelStatus.READY:
-            status = view.status.value if view is not None else "unknown"
-            raise ApiError(
-                503,
-                f"The model `{model.name}` is not ready: its status is {status}",
-                code="model_not_ready",
-                param="model",
-                headers={"Retry-After": "1"},
-            )
+            raise model_not_ready(model.name, view)
         await presence.check()
         fmt = negotiate(request.headers.get("accept"))
         request_id = uuid.uuid4().hex
