@@ -1,8 +1,9 @@
 """The Litestar application of the ingress: routes, error shape, auth, request logging and limits.
 
 ``create_app`` takes every collaborator explicitly (the view store and the bus client) and reads
-nothing from the environment. The app's ASGI handler is wrapped so that request logging, then API-key auth,
-run in front of routing: every response, a 404 for an unknown route included, carries ``x-request-id``.
+nothing from the environment. The app's ASGI handler is wrapped so that metrics, request logging, then
+API-key auth run in front of routing: every response, a 404 for an unknown route included, carries
+``x-request-id`` and is counted in ``GET /metrics`` (the metrics live in a registry of this app's own).
 """
 
 from __future__ import annotations
@@ -11,28 +12,40 @@ from litestar import Litestar
 
 from ingress.auth import ApiKeyAuth
 from ingress.controllers.chat import chat_router
+from ingress.controllers.events import events_router
 from ingress.controllers.health import health_router
+from ingress.controllers.metrics import metrics_router
 from ingress.controllers.models import models_router
 from ingress.controllers.nsql import nsql_router
 from ingress.errors import EXCEPTION_HANDLERS
 from ingress.logging_middleware import RequestLogging
+from ingress.metrics import IngressMetrics, QueueDepths, RequestMetrics
 from ingress.openapi import API_KEY_SECURITY, openapi_config
 from ingress.view_store import ModelViewStore
 from services.config import Config
+from services.history.recorder import TaskRecorder
 from services.runtime.chat_client import ChatDispatcher
 
 __all__ = ("create_app",)
 
 
-def create_app(config: Config, views: ModelViewStore, chat: ChatDispatcher) -> Litestar:
+def create_app(
+    config: Config, views: ModelViewStore, chat: ChatDispatcher, recorder: TaskRecorder | None = None
+) -> Litestar:
+    """``recorder`` records each chat and NSQL request in the task history (default: as configured)."""
+    recorder = recorder or TaskRecorder(chat.nc, config.runtime.history, component="ingress")
     api_keys = config.runtime.auth.api_keys
     security = API_KEY_SECURITY if api_keys else None
+    depths = QueueDepths(chat.nc.jetstream(), views, config.runtime.chat, config.runtime.nsql)
+    metrics = IngressMetrics(views, depths)
     app = Litestar(
         route_handlers=[
             health_router(views),
             models_router(views, security=security),
-            chat_router(views, chat, security=security),
-            nsql_router(config, views, chat, security=security),
+            events_router(views, security=security),
+            chat_router(views, chat, recorder, security=security),
+            nsql_router(config, views, chat, recorder, security=security),
+            metrics_router(metrics),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=config.runtime.http.max_body_bytes,
@@ -44,5 +57,5 @@ def create_app(config: Config, views: ModelViewStore, chat: ChatDispatcher) -> L
     handler = app.asgi_handler
     if api_keys:
         handler = ApiKeyAuth(handler, api_keys)
-    app.asgi_handler = RequestLogging(handler)
+    app.asgi_handler = RequestMetrics(RequestLogging(handler), metrics)
     return app

@@ -23,6 +23,7 @@ from nats.aio.client import Client
 from ingress.app import create_app
 from ingress.view_store import ModelViewStore
 from services.config import Config
+from services.history.recorder import TaskRecorder
 from services.runtime.chat_client import ChatDispatcher
 from services.runtime.jetstream import ensure_nsql_stream
 
@@ -105,9 +106,13 @@ class IngressServer:
             self._views = await stack.enter_async_context(ModelViewStore(self._nc))
             self._chat = await stack.enter_async_context(ChatDispatcher(self._nc, self._config.runtime.chat))
             await ensure_nsql_stream(self._nc.jetstream(), self._config.runtime.nsql)
+            recorder = TaskRecorder(
+                self._nc, self._config.runtime.history, component="ingress", worker_id=self._chat.ingress_id
+            )
+            await recorder.prepare()
             self._server = _EmbeddedUvicorn(
                 uvicorn.Config(
-                    create_app(self._config, self._views, self._chat),
+                    create_app(self._config, self._views, self._chat, recorder),
                     host=self._host,
                     port=self._port,
                     http="httptools",
@@ -155,6 +160,8 @@ class IngressServer:
         server = self._server
         if server is None:
             return
+        if self._views is not None:
+            self._views.close_listeners()  # open status streams end now, with `event: error` (shutting_down)
         server.should_exit = True
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(self._grace + 1):

@@ -5,11 +5,21 @@ current views (a consistent snapshot, swapped in whole when the replay ends) and
 the NATS connection comes back after an outage, the watch is re-created instead of trusting the old ordered
 consumer to notice on its own (nats-py does, after two missed idle heartbeats: ~20 s after a restart), and
 the fresh replay also drops models deleted meanwhile. A value that does not decode is logged and skipped.
+
+Listeners (:meth:`ModelViewStore.listen`, for the ``/v1/models/events`` stream) get a snapshot of the views
+with their KV revisions and then every later change, from the same watch, so nothing falls between the two:
+the snapshot is taken and the listener registered in one step on the event loop, and a listener drops any
+change at or below the revision it already has for that model. After a re-watch, the replay is compared with
+what the store had, so changes made during an outage still reach the listeners. Each listener has a bounded
+buffer; one that falls behind is ended (``overflow``) instead of holding memory.
 """
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack
+import enum
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, contextmanager
+from dataclasses import dataclass
 from types import TracebackType
 
 import anyio
@@ -23,9 +33,63 @@ from schemas.subjects import decode_token
 from schemas.views import ModelView
 from services.runtime.jetstream import model_views
 
-__all__ = ("ModelViewStore",)
+__all__ = ("ListenerEnd", "ModelViewStore", "ViewChange", "ViewListener")
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ViewChange:
+    """One model's view replaced by ``view``, or removed (``view`` None), at KV ``revision``."""
+
+    model: str
+    view: ModelView | None
+    previous: ModelView | None
+    revision: int
+
+
+class ListenerEnd(enum.StrEnum):
+    OVERFLOW = "overflow"  # the listener fell more than its buffer behind
+    CLOSED = "closed"  # the store closed its listeners (the ingress is stopping)
+
+
+class ViewListener:
+    """One listener's end: ``snapshot`` (views with their revisions, oldest revision first), then changes.
+
+    :meth:`receive` raises :class:`anyio.EndOfStream` once the listener has ended; ``ended`` is set and
+    ``end_reason`` says why. Made only by :meth:`ModelViewStore.listen`.
+    """
+
+    def __init__(self, snapshot: tuple[tuple[ModelView, int], ...], revision: int, buffer: int) -> None:
+        self.snapshot = snapshot
+        self.revision = revision  # the highest revision the store had applied when the snapshot was taken
+        self.ended = anyio.Event()
+        self.end_reason: ListenerEnd | None = None
+        self._floor = {view.id: rev for view, rev in snapshot}
+        self._send, self._receive = anyio.create_memory_object_stream[ViewChange](buffer)
+
+    async def receive(self) -> ViewChange:
+        return await self._receive.receive()
+
+    def deliver(self, change: ViewChange) -> None:
+        """Queue ``change`` unless this listener already has it; end the listener if its buffer is full."""
+        if self.end_reason is not None or change.revision <= self._floor.get(change.model, 0):
+            return
+        self._floor[change.model] = change.revision
+        try:
+            self._send.send_nowait(change)
+        except anyio.WouldBlock:
+            self.end(ListenerEnd.OVERFLOW)
+
+    def end(self, reason: ListenerEnd) -> None:
+        if self.end_reason is None:
+            self.end_reason = reason
+            self._send.close()
+            self.ended.set()
+
+    def close(self) -> None:
+        self._send.close()
+        self._receive.close()
 
 
 class ModelViewStore:
@@ -51,6 +115,9 @@ class ModelViewStore:
         self._stop_timeout_s = stop_timeout_s
         self._decoder = msgspec.json.Decoder(ModelView)
         self._views: dict[str, ModelView] = {}
+        self._revisions: dict[str, int] = {}
+        self._revision = 0
+        self._listeners: set[ViewListener] = set()
         self._sorted: tuple[ModelView, ...] | None = ()
         self._initialized = False
         self._version = 0
@@ -65,6 +132,11 @@ class ModelViewStore:
     @property
     def version(self) -> int:
         return self._version
+
+    @property
+    def revision(self) -> int:
+        """The highest KV revision applied so far (0 before the first replay has ended)."""
+        return self._revision
 
     @property
     def watches(self) -> int:
@@ -86,6 +158,39 @@ class ModelViewStore:
         if self._sorted is None:
             self._sorted = tuple(self._views[key] for key in sorted(self._views))
         return self._sorted
+
+    # -- listening ----------------------------------------------------------------------------------------
+    @property
+    def listeners(self) -> int:
+        return len(self._listeners)
+
+    @contextmanager
+    def listen(self, *, buffer: int) -> Iterator[ViewListener]:
+        """A listener holding the current views and then every change, until the block exits.
+
+        Taking the snapshot and registering happen with no await in between, so no change is missed or
+        repeated. ``buffer`` bounds the changes waiting to be received; past it the listener ends.
+        """
+        snapshot = tuple(
+            sorted(((v, self._revisions[k]) for k, v in self._views.items()), key=lambda item: item[1])
+        )
+        listener = ViewListener(snapshot, self._revision, buffer)
+        self._listeners.add(listener)
+        try:
+            yield listener
+        finally:
+            self._listeners.discard(listener)
+            listener.close()
+
+    def close_listeners(self) -> None:
+        """End every listener (``closed``), e.g. when the ingress begins to stop."""
+        for listener in list(self._listeners):
+            listener.end(ListenerEnd.CLOSED)
+
+    def _notify(self, change: ViewChange) -> None:
+        self._revision = max(self._revision, change.revision)
+        for listener in list(self._listeners):
+            listener.deliver(change)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def __aenter__(self) -> ModelViewStore:
@@ -132,7 +237,7 @@ class ModelViewStore:
 
     async def _follow(self, watcher: KeyValue.KeyWatcher, reconnects: int) -> None:
         """Apply updates until the connection has been re-established since the watch began."""
-        replay: dict[str, ModelView] | None = {}
+        replay: _Replay | None = _Replay()
         while True:
             try:
                 entry = await watcher.updates(timeout=self._idle_check_s)  # type: ignore[no-untyped-call]
@@ -147,36 +252,70 @@ class ModelViewStore:
                 continue
             if not isinstance(entry, KeyValue.Entry):  # the watcher was stopped under us
                 return
+            read = self._read(entry)
+            if read is None:
+                continue
             if replay is not None:
-                self._apply(replay, entry)
-            elif self._apply(self._views, entry):
-                self._changed()
+                replay.apply(*read, int(entry.revision or 0))
+            else:
+                self._apply(*read, int(entry.revision or 0))
 
-    def _apply(self, target: dict[str, ModelView], entry: KeyValue.Entry) -> bool:
-        """Put one KV entry into ``target``; False when it changed nothing (or was unreadable)."""
+    def _read(self, entry: KeyValue.Entry) -> tuple[str, ModelView | None] | None:
+        """The model and its view (None: deleted) of one KV entry; None when it is unreadable."""
         try:
             model_id = decode_token(entry.key)
         except ValueError:
             log.warning("views.bad_key", key=entry.key, revision=entry.revision)
-            return False
+            return None
         if entry.operation in (KV_DEL, KV_PURGE):
-            return target.pop(model_id, None) is not None
+            return model_id, None
         try:
             view = self._decoder.decode(entry.value or b"")
         except msgspec.DecodeError as exc:
             log.warning("views.bad_value", model=model_id, revision=entry.revision, error=str(exc))
-            return False
+            return None
         if view.id != model_id:
             log.warning("views.id_mismatch", model=model_id, view_id=view.id, revision=entry.revision)
-            return False
-        target[model_id] = view
-        return True
+            return None
+        return model_id, view
 
-    def _replace(self, views: dict[str, ModelView]) -> None:
-        self._views = views
+    def _apply(self, model_id: str, view: ModelView | None, revision: int) -> None:
+        """Apply one live change and tell the listeners."""
+        previous = self._views.get(model_id)
+        if view is None:
+            if previous is None:
+                return
+            del self._views[model_id]
+            del self._revisions[model_id]
+        else:
+            self._views[model_id] = view
+            self._revisions[model_id] = revision
+        self._changed()
+        self._notify(ViewChange(model_id, view, previous, revision))
+
+    def _replace(self, replay: _Replay) -> None:
+        """Swap in a replay's views; every difference from the views held so far is a change."""
+        old, old_revisions = self._views, self._revisions
+        self._views, self._revisions = replay.views, replay.revisions
         self._watches += 1
         self._changed()
-        log.info("views.synced", models=len(views), watch=self._watches)
+        log.info("views.synced", models=len(replay.views), watch=self._watches)
+        changes = [
+            ViewChange(model, view, old.get(model), replay.revisions[model])
+            for model, view in replay.views.items()
+            if old_revisions.get(model) != replay.revisions[model]
+        ]
+        # a removal's revision is its delete marker's; were the marker purged, one past what we had
+        changes += [
+            ViewChange(
+                model, None, view, replay.deleted.get(model, max(replay.revision, old_revisions[model] + 1))
+            )
+            for model, view in old.items()
+            if model not in replay.views
+        ]
+        for change in sorted(changes, key=lambda c: c.revision):
+            self._notify(change)
+        self._revision = max(self._revision, replay.revision)
 
     def _changed(self) -> None:
         self._sorted = None
@@ -191,3 +330,24 @@ class ModelViewStore:
             await watcher.stop()  # type: ignore[no-untyped-call]
         except Exception as exc:  # noqa: BLE001 - the connection may already be gone; nothing to undo
             log.debug("views.watch_stop_failed", error=type(exc).__name__)
+
+
+class _Replay:
+    """The views a watch's initial replay delivers, with their revisions and the deletes it saw."""
+
+    def __init__(self) -> None:
+        self.views: dict[str, ModelView] = {}
+        self.revisions: dict[str, int] = {}
+        self.deleted: dict[str, int] = {}
+        self.revision = 0
+
+    def apply(self, model_id: str, view: ModelView | None, revision: int) -> None:
+        self.revision = max(self.revision, revision)
+        if view is None:
+            self.views.pop(model_id, None)
+            self.revisions.pop(model_id, None)
+            self.deleted[model_id] = revision
+        else:
+            self.views[model_id] = view
+            self.revisions[model_id] = revision
+            self.deleted.pop(model_id, None)

@@ -21,6 +21,8 @@ __all__ = (
     "NSQL_STREAM",
     "NSQL_SUBJECT",
     "PREFIX",
+    "TASKS_STREAM",
+    "TASKS_WILDCARD",
     "cancel_subject",
     "chat_subject",
     "decode_token",
@@ -28,6 +30,7 @@ __all__ = (
     "event_subject",
     "events_wildcard",
     "heartbeat_subject",
+    "task_subject",
 )
 
 PREFIX = "modelbus.v1"
@@ -35,11 +38,13 @@ MODEL_VIEWS_BUCKET = "modelbus_models"
 EVENTS_STREAM = "MODELBUS_EVENTS"
 CHAT_STREAM = "MODELBUS_CHAT"
 NSQL_STREAM = "MODELBUS_NSQL"
+TASKS_STREAM = "MODELBUS_TASKS"
 NSQL_SUBJECT = f"{PREFIX}.nsql"
 NSQL_READY_SUBJECT = (
     f"{PREFIX}.nsql_ready"  # ready NSQL workers answer here (queue group), with their datasets
 )
 HEARTBEAT_WILDCARD = f"{PREFIX}.heartbeat.>"
+TASKS_WILDCARD = f"{PREFIX}.tasks.>"
 
 _PLAIN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
 _TOKEN = re.compile(r"(?:[A-Za-z0-9-]|_[0-9A-F]{2})+")
@@ -92,3 +97,8 @@ def cancel_subject(request_id: str) -> str:
 
 
 CANCEL_WILDCARD = f"{PREFIX}.cancel.*"
+
+
+def task_subject(component: str) -> str:
+    """Where a component (``ingress``, ``model_worker``, ``nsql_worker``) reports the tasks it ran."""
+    return f"{PREFIX}.tasks.{encode_token(component)}"

@@ -6,14 +6,18 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Coroutine
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from services.config import Config, ConfigError, load_config
 from services.runtime.logging import configure_logging
 from services.runtime.nats_client import NatsAuthError
+
+if TYPE_CHECKING:
+    from services.runtime.lifecycle import ServiceFactory
 
 __all__ = ("main",)
 
@@ -44,15 +48,20 @@ def _parser() -> argparse.ArgumentParser:
     _common(model_worker)
     model_worker.add_argument("--model", action="append", default=[], help="host this model (repeatable)")
     _common(worker_sub.add_parser("nsql", help="answer NSQL questions from the configured datasets"))
+    _common(sub.add_parser("history", help="run the task-history sink (writes task_history to ClickHouse)"))
     check = sub.add_parser("check-config", help="validate the configuration file and exit")
     check.add_argument("--config", default=os.environ.get("MODELBUS_CONFIG", "modelbus.yaml"))
     models = sub.add_parser("models", help="manage local model files")
     models.add_argument("action", choices=["pull"])
     models.add_argument("rest", nargs=argparse.REMAINDER)
+    probe = sub.add_parser("probe", help="exit 0 if a service answers $SRV.PING within 2 s (health checks)")
+    _common(probe)
+    probe.add_argument("kind", help="ingress, registry, model-worker, nsql-worker, history, ...")
+    probe.add_argument("--this-host", action="store_true", help="only an instance on this host counts")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit per way out
     argv = sys.argv[1:] if argv is None else argv
     if argv[:2] == ["models", "pull"]:
         from workers.model.pull import main as pull_main
@@ -67,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print(f"{args.config}: ok ({len(config.models)} models, {len(config.datasets)} datasets)")
         return 0
+    if args.command == "probe":
+        return _probe(args, config)
     service = args.command if args.command != "worker" else f"{args.kind}-worker"
     configure_logging(config.runtime.log_level, config.runtime.log_format, service=service)
     config_path = Path(args.config).resolve()
@@ -82,6 +93,17 @@ def main(argv: list[str] | None = None) -> int:
 
 class _Refused(Exception):
     """A start-up problem the operator can fix; printed without a traceback."""
+
+
+def _probe(args: argparse.Namespace, config: Config) -> int:
+    from services.probe import run_probe
+
+    try:
+        url = nats_url(config, Path(args.config).resolve(), args.nats_url)
+    except _Refused as exc:
+        print(f"modelbus: {exc}", file=sys.stderr)
+        return 2
+    return run_probe(config.runtime.nats, url, args.kind, this_host=args.this_host)
 
 
 def state_dir(config: Config, config_path: Path) -> Path:
@@ -117,24 +139,33 @@ def _entry(
         return up
 
     url = nats_url(config, config_path, args.nats_url)
+    name, factory = _service(args, config, config_path)
+    # workers register on $SRV themselves, with their own statistics
+    return partial(run_service, config, url, name=name, factory=factory, discoverable="worker" not in name)
+
+
+def _service(args: argparse.Namespace, config: Config, config_path: Path) -> tuple[str, ServiceFactory]:
+    """The process's service name and what makes the service from a NATS connection."""
     if args.command == "registry":
         from services.registry import Registry
 
-        async def registry() -> None:
-            await run_service(config, url, name="registry", factory=lambda nc: Registry(nc, config))
-
-        return registry
+        return "registry", lambda nc: Registry(nc, config)
     if args.command == "ingress":
         from ingress.server import IngressServer
 
-        async def ingress() -> None:
-            await run_service(
-                config, url, name="ingress", factory=lambda nc: IngressServer(config, nc, port=args.port)
-            )
+        return "ingress", lambda nc: IngressServer(config, nc, port=args.port)
+    if args.command == "history":
+        from services.history.service import HistoryService
 
-        return ingress
+        if not config.runtime.history.enabled:
+            raise _Refused("runtime.history.enabled is false: there is no history to write")
+        return "history", lambda nc: HistoryService(nc, config, config_dir=config_path.parent)
     if args.kind == "nsql":
-        return _nsql_worker(config, config_path, url)
+        from workers.nsql.worker import NsqlWorker
+
+        if not config.datasets:
+            raise _Refused("no datasets are configured: an NSQL worker answers from `datasets:`")
+        return "nsql-worker", lambda nc: NsqlWorker(nc, config, config_dir=config_path.parent)
     from workers.model.worker import ModelWorker
 
     names = args.model or [m.name for m in config.models]
@@ -144,36 +175,7 @@ def _entry(
             f"unknown model(s) {', '.join(unknown)}; configured: {[m.name for m in config.models]}"
         )
     hosted = [m for m in config.models if m.name in names]
-
-    async def model_worker() -> None:
-        await run_service(
-            config,
-            url,
-            name="model-worker",
-            factory=lambda nc: ModelWorker(nc, config, hosted, environ=os.environ),
-            discoverable=False,  # the worker runtime registers itself, with its own statistics
-        )
-
-    return model_worker
-
-
-def _nsql_worker(config: Config, config_path: Path, url: str) -> Callable[[], Coroutine[Any, Any, None]]:
-    from services.runtime.lifecycle import run_service
-    from workers.nsql.worker import NsqlWorker
-
-    if not config.datasets:
-        raise _Refused("no datasets are configured: an NSQL worker answers from `datasets:`")
-
-    async def nsql_worker() -> None:
-        await run_service(
-            config,
-            url,
-            name="nsql-worker",
-            factory=lambda nc: NsqlWorker(nc, config, config_dir=config_path.parent),
-            discoverable=False,  # the worker runtime registers itself
-        )
-
-    return nsql_worker
+    return "model-worker", lambda nc: ModelWorker(nc, config, hosted, environ=os.environ)
 
 
 if __name__ == "__main__":

@@ -156,8 +156,10 @@ async def test_kill_9_before_the_first_chunk_completes_on_another_worker(
                         with anyio.fail_after(30):
                             while not result:
                                 await anyio.sleep(0.05)
-                        with anyio.fail_after(5):  # carried across NATS into the worker's request log line
-                            while traceparent not in worker_b.log_text():
+                        # the trace is carried across NATS into the worker's request log line (as the
+                        # ingress's child span: same trace id, the ingress's span as the parent)
+                        with anyio.fail_after(5):
+                            while "00-4bf92f3577b34da6a3ce929d0e0e4736-" not in worker_b.log_text():
                                 await anyio.sleep(0.05)
                 assert result[0].choices[0].message.content == "Hello from the stand-in."
 

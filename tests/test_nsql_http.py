@@ -5,9 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,17 +14,12 @@ import httpx
 import msgspec
 import pytest
 
-from ingress.server import IngressServer
 from services.config import Config, parse_config
-from services.registry import Registry
 from services.runtime.embedded_nats import EmbeddedNats
-from services.runtime.nats_client import connected
 from tests.support.nsql_fixtures import admin_rows, nsql_engine
-from tests.support.stack import FAST_RUNTIME, Stack
+from tests.support.stack import FAST_RUNTIME, nsql_stack
 from tests.support.upstream import Behaviour, UpstreamServer
-from workers.model.worker import ModelWorker
 from workers.nsql.clickhouse import ClickHouse
-from workers.nsql.worker import NsqlWorker
 
 __all__ = ("nsql_engine",)
 
@@ -57,28 +49,6 @@ def stand_in_model(endpoint: str) -> str:
     )
 
 
-@asynccontextmanager
-async def system(
-    nats_url: str, config: Config, engine: ClickHouse | None, config_dir: Path
-) -> AsyncIterator[Stack]:
-    """Registry, model worker, NSQL worker (when given the engine) and ingress, each on its own connection."""
-    async with AsyncExitStack() as stack:
-
-        async def connection(name: str) -> Any:
-            return await stack.enter_async_context(connected(config.runtime.nats, nats_url, name=name))
-
-        await stack.enter_async_context(Registry(await connection("registry"), config))
-        worker = ModelWorker(await connection("model"), config, config.models, environ=os.environ)
-        await stack.enter_async_context(worker)
-        if engine is not None:
-            nsql_worker = NsqlWorker(await connection("nsql"), config, config_dir=config_dir, engine=engine)
-            await stack.enter_async_context(nsql_worker)
-        ingress = await stack.enter_async_context(IngressServer(config, await connection("ingress"), port=0))
-        running = Stack(config, nats_url, ingress, [worker])
-        await running.wait_ready(config.models[0].name, timeout=120)
-        yield running
-
-
 def direct_top5(engine: ClickHouse) -> list[dict[str, Any]]:
     names = ("customer_id", "customer_name", "total_sales")
     return [dict(zip(names, row, strict=True)) for row in admin_rows(engine, TOP5_DIRECT)]
@@ -91,7 +61,7 @@ async def test_each_accept_type_answers_the_seed_question(
         upstream.upstream.behaviour = Behaviour(reply=msgspec.json.encode({"sql": TOP5}).decode())
         config = _config(stand_in_model(upstream.url))
         async with (
-            system(nats_server.url, config, nsql_engine, tmp_path) as stack,
+            nsql_stack(nats_server.url, config, nsql_engine, tmp_path) as stack,
             httpx.AsyncClient(base_url=stack.base_url, timeout=60) as http,
         ):
             body = {
@@ -159,7 +129,7 @@ async def test_bad_requests_are_400_and_a_missing_worker_503(
         )
         config = _config(stand_in_model(upstream.url))
         async with (
-            system(nats_server.url, config, None, tmp_path) as stack,
+            nsql_stack(nats_server.url, config, None, tmp_path) as stack,
             httpx.AsyncClient(base_url=stack.base_url, timeout=60) as http,
         ):
             cases = [
@@ -179,7 +149,7 @@ async def test_bad_requests_are_400_and_a_missing_worker_503(
             assert missing.json()["error"]["code"] == "nsql_unavailable"
 
         async with (
-            system(nats_server.url, config, nsql_engine, tmp_path) as stack,
+            nsql_stack(nats_server.url, config, nsql_engine, tmp_path) as stack,
             httpx.AsyncClient(base_url=stack.base_url, timeout=60) as http,
         ):
             before = admin_rows(nsql_engine, "SELECT count() FROM modelbus.sales_data")
@@ -208,7 +178,7 @@ async def test_the_seed_question_with_the_real_local_model(
         "  - name: qwen2.5-coder\n    from: local:qwen2.5-coder-0.5b-instruct\n    datasets: [sales_data]\n"
     )
     async with (
-        system(nats_server.url, _config(model), nsql_engine, tmp_path) as stack,
+        nsql_stack(nats_server.url, _config(model), nsql_engine, tmp_path) as stack,
         httpx.AsyncClient(base_url=stack.base_url, timeout=120) as http,
     ):
         expected = direct_top5(nsql_engine)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Annotated, Any
 
 import anyio
@@ -23,11 +24,14 @@ from litestar.response import Stream
 from ingress.disconnect import unless_disconnected
 from ingress.errors import ApiError, error_body, error_spec, model_not_ready
 from ingress.openapi import operation_with_content
+from ingress.request_task import RequestTask
 from ingress.view_store import ModelViewStore
 from schemas.chat import ChatChunk, ChatEnd, ChatFailure, ChatReply, ChatResult
 from schemas.openai import ChatCompletionRequest
 from schemas.status import ModelStatus
 from services.config import ChatSettings
+from services.history.recorder import TaskRecorder
+from services.history.summaries import chat_input, completion_output, stream_piece
 from services.runtime.chat_client import BusUnavailable, ChatDispatcher, PendingChat, QueueFull, ReplyLost
 
 __all__ = ("chat_router",)
@@ -120,41 +124,61 @@ def _bus_error(exc: Exception, model: str, settings: ChatSettings) -> ApiError:
     )
 
 
-async def _events(pending: PendingChat, first: ChatReply) -> AsyncIterator[bytes]:
+def _observe(task: RequestTask, items: list[bytes]) -> None:
+    """Collect what the history and metrics keep of a stream: its text (as far as kept) and usage."""
+    for item in items:
+        if task.collects_output or b'"usage"' in item:
+            text, usage = stream_piece(item)
+            task.add_output(text)
+            task.set_usage(usage)
+
+
+async def _events(pending: PendingChat, first: ChatReply, task: RequestTask) -> AsyncIterator[bytes]:
     """SSE bytes from the worker's chunks; a failure after the first chunk is an error event, then the end."""
     complete = False
+    status, code, message = 200, None, None  # what the history records: the stream's real outcome
     try:
         reply = first
         while True:
             if isinstance(reply, ChatChunk):
-                yield b"".join(b"data: " + bytes(item) + b"\n\n" for item in reply.data)
+                items = [bytes(item) for item in reply.data]
+                _observe(task, items)
+                yield b"".join(b"data: " + item + b"\n\n" for item in items)
             elif isinstance(reply, ChatEnd):
                 complete = True
                 yield DONE
                 return
             elif isinstance(reply, ChatFailure):
                 complete = True
-                yield _sse_error(
-                    reply.status, reply.message, reply.code or "upstream_error", reply.error_type
-                )
+                status, code, message = reply.status, reply.code or "upstream_error", reply.message
+                yield _sse_error(reply.status, reply.message, code, reply.error_type)
                 return
             try:
                 reply = await pending.next()
             except TimeoutError:
                 complete = True
-                yield _sse_error(504, "The request timed out", "timeout")
+                status, code, message = 504, "timeout", "The request timed out"
+                yield _sse_error(status, message, code)
                 return
             except ReplyLost as exc:
                 complete = True
-                yield _sse_error(502, f"The stream was interrupted: {exc}", "worker_lost")
+                status, code, message = 502, "worker_lost", f"The stream was interrupted: {exc}"
+                yield _sse_error(status, message, code)
                 return
     finally:
         with anyio.CancelScope(shield=True):
             await pending.close(cancel=not complete)
+            if not complete:
+                status, code = 499, "client_closed"
+            await task.finish(status, error_code=code, error_message=message)
 
 
 def chat_router(
-    views: ModelViewStore, dispatcher: ChatDispatcher, *, security: list[SecurityRequirement] | None
+    views: ModelViewStore,
+    dispatcher: ChatDispatcher,
+    recorder: TaskRecorder,
+    *,
+    security: list[SecurityRequirement] | None,
 ) -> Router:
     settings = dispatcher.settings
     errors = {
@@ -180,11 +204,25 @@ def chat_router(
         operation_class=operation_with_content({"200": _COMPLETION_CONTENT}),
     )
     async def create_chat_completion(request: Request[Any, Any, Any], data: ChatBody) -> Response[Any]:
+        stream = bool(data.stream)
+        request.state.model = data.model
+        task = RequestTask(
+            recorder,
+            request,
+            task="chat_stream" if stream else "chat",
+            model=data.model if views.get(data.model) is not None else "",  # never a client's made-up name
+            input=chat_input(data.messages) if recorder.keeps_text else None,
+        )
+        return await task.around(partial(_complete, request, data, task))
+
+    async def _complete(
+        request: Request[Any, Any, Any], data: ChatCompletionRequest, task: RequestTask
+    ) -> Response[Any]:
         _check_model(views, data.model)
         stream = bool(data.stream)
         include_usage = bool(stream and data.stream_options and data.stream_options.include_usage)
         # the bus id is always ours: a client's x-request-id may repeat or hold characters subjects can't
-        request_id = uuid.uuid4().hex
+        request_id = task.request_id = uuid.uuid4().hex
         structlog.contextvars.bind_contextvars(bus_request_id=request_id)
         try:
             pending = await dispatcher.submit(
@@ -193,7 +231,7 @@ def chat_router(
                 request_id=request_id,
                 stream=stream,
                 include_usage=include_usage,
-                traceparent=request.headers.get("traceparent"),
+                traceparent=task.traceparent,
             )
         except (QueueFull, BusUnavailable) as exc:
             raise _bus_error(exc, data.model, settings) from exc
@@ -214,7 +252,11 @@ def chat_router(
             raise _failure_error(first)
         if isinstance(first, ChatResult):
             await pending.close(cancel=False)
-            return Response(content=bytes(first.data), media_type=MediaType.JSON)
-        return Stream(_events(pending, first), media_type="text/event-stream", headers=SSE_HEADERS)
+            data_bytes = bytes(first.data)
+            text, usage = completion_output(data_bytes)
+            task.add_output(text)
+            task.set_usage(usage)
+            return Response(content=data_bytes, media_type=MediaType.JSON)
+        return Stream(_events(pending, first, task), media_type="text/event-stream", headers=SSE_HEADERS)
 
     return Router(path="/v1", route_handlers=[create_chat_completion])

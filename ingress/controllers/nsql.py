@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from functools import partial
 from typing import Annotated, Any
 
 import anyio
@@ -24,11 +25,13 @@ from litestar.params import Body
 from ingress.disconnect import unless_disconnected
 from ingress.errors import ApiError, error_spec, model_not_ready
 from ingress.openapi import operation_with_content
+from ingress.request_task import RequestTask
 from ingress.view_store import ModelViewStore
 from schemas.nsql import NsqlQuery, NsqlReply, NsqlRequest, ResponseFormat, negotiate
 from schemas.status import ModelStatus
 from schemas.subjects import NSQL_READY_SUBJECT, NSQL_SUBJECT
 from services.config import Config, ModelConfig
+from services.history.recorder import TaskRecorder
 from services.runtime.chat_client import BusUnavailable, ChatDispatcher, QueueFull
 
 __all__ = ("nsql_router",)
@@ -176,6 +179,7 @@ def nsql_router(
     config: Config,
     views: ModelViewStore,
     dispatcher: ChatDispatcher,
+    recorder: TaskRecorder,
     *,
     security: list[SecurityRequirement] | None,
 ) -> Router:
@@ -191,13 +195,22 @@ def nsql_router(
         operation_class=operation_with_content({"200": _FORMAT_CONTENT}),
     )
     async def nsql(request: Request[Any, Any, Any], data: NsqlBody) -> Response[Any]:
+        known = data.model if data.model and views.get(data.model) is not None else ""
+        task = RequestTask(
+            recorder, request, task="nsql", model=known, input=data.query if recorder.keeps_text else None
+        )
+        return await task.around(partial(_answer, request, data, task))
+
+    async def _answer(request: Request[Any, Any, Any], data: NsqlQuery, task: RequestTask) -> Response[Any]:
         model, datasets = resolve(config, data)
+        task.model = model.name
+        request.state.model = model.name
         view = views.get(model.name)
         if view is None or view.status is not ModelStatus.READY:
             raise model_not_ready(model.name, view)
         await presence.check()
         fmt = negotiate(request.headers.get("accept"))
-        request_id = uuid.uuid4().hex
+        request_id = task.request_id = uuid.uuid4().hex
         structlog.contextvars.bind_contextvars(bus_request_id=request_id)
         deadline = time.time() + settings.request_timeout
         message = NsqlRequest(
@@ -209,7 +222,7 @@ def nsql_router(
             format=fmt,
             reply_to=dispatcher.reply_subject(request_id),
             deadline=deadline,
-            traceparent=request.headers.get("traceparent"),
+            traceparent=task.traceparent,
         )
         try:
             replies = await dispatcher.enqueue(NSQL_SUBJECT, _encoder.encode(message), request_id=request_id)
@@ -243,6 +256,7 @@ def nsql_router(
             await dispatcher.cancel(request_id)
             return Response(content=b"", status_code=499)
         reply = _reply_decoder.decode(raw)
+        task.add_output(reply.sql or "")
         if reply.status != 200:
             raise ApiError(
                 reply.status, reply.error_message or "NSQL failed", code=reply.error_code or "nsql_failed"

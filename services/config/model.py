@@ -17,6 +17,7 @@ __all__ = (
     "Config",
     "DatasetConfig",
     "HeartbeatSettings",
+    "HistorySettings",
     "HttpSettings",
     "ModelConfig",
     "ModelParams",
@@ -116,12 +117,32 @@ class NsqlSettings(_Section, frozen=True):
     capacity: PositiveInt = 4  # requests one NSQL worker runs at once
     queue_depth: PositiveInt = 256
     request_timeout: Seconds = 120.0
+    max_deliver: PositiveInt = 5  # deliveries of one question (a worker that dies hands it to another)
     max_context_datasets: PositiveInt = 4
     # example rows in the prompt (with sample_data_enabled): 0 by default, because whole rows lead the small
     # default model to order single rows instead of aggregating (measured on the seed's question); the
     # distinct values of low-cardinality columns, which help with filters, are still given
     sample_rows: Annotated[int, msgspec.Meta(ge=0)] = 0
     distinct_values: Annotated[int, msgspec.Meta(ge=0)] = 10
+
+
+class HistorySettings(_Section, frozen=True):
+    """Task history: every request and model status change as a row of ClickHouse's ``task_history``.
+
+    ``record`` says what of prompts and answers is kept: ``none``, the first ``max_chars`` characters
+    (``truncated``), or all of it (``full``). Events wait on the ``MODELBUS_TASKS`` stream (up to
+    ``retention`` seconds and ``max_bytes``) until a sink writes them, in batches of up to ``batch_size``
+    or every ``flush_interval`` seconds.
+    """
+
+    enabled: bool = True
+    record: Literal["none", "truncated", "full"] = "truncated"
+    max_chars: PositiveInt = 200
+    table: str = "task_history"  # in runtime.clickhouse.database
+    batch_size: PositiveInt = 1000
+    flush_interval: Seconds = 1.0
+    retention: Seconds = 7 * 24 * 3600.0
+    max_bytes: PositiveInt = 1024 * 1024 * 1024
 
 
 class RuntimeSettings(_Section, frozen=True):
@@ -132,6 +153,7 @@ class RuntimeSettings(_Section, frozen=True):
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     nsql: NsqlSettings = NsqlSettings()
     chat: ChatSettings = ChatSettings()
+    history: HistorySettings = HistorySettings()
     state_dir: str = ".modelbus"
     shutdown_grace: Seconds = 10.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"

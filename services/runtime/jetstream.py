@@ -6,13 +6,14 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
+    DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from schemas.subjects import (
@@ -22,11 +23,13 @@ from schemas.subjects import (
     NSQL_STREAM,
     NSQL_SUBJECT,
     PREFIX,
+    TASKS_STREAM,
+    TASKS_WILDCARD,
     chat_subject,
     encode_token,
     events_wildcard,
 )
-from services.config import ChatSettings, NsqlSettings
+from services.config import ChatSettings, HistorySettings, NsqlSettings
 
 __all__ = (
     "chat_consumer_config",
@@ -34,6 +37,8 @@ __all__ = (
     "ensure_consumer",
     "ensure_events_stream",
     "ensure_nsql_stream",
+    "ensure_tasks_stream",
+    "history_consumer_config",
     "model_views",
     "nsql_consumer_config",
 )
@@ -58,11 +63,27 @@ async def ensure_events_stream(js: JetStreamContext) -> None:
     await _add_or_update(js, config)
 
 
+async def _existing_replicas(js: JetStreamContext, stream: str) -> int | None:
+    """The replica count an existing stream has, or None when there is no such stream."""
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:
+        return None
+    return info.config.num_replicas
+
+
 async def _add_or_update(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create the stream, or update it to ``config`` but keep its replica count.
+
+    modelbus creates every stream with one replica; an operator raises it on a cluster with
+    ``nats stream edit <stream> --replicas 3``, and a process that starts later must not undo that.
+    """
     try:
         await js.add_stream(config)
     except BadRequestError:
-        await js.update_stream(config)
+        assert config.name is not None
+        replicas = await _existing_replicas(js, config.name)
+        await js.update_stream(config.evolve(num_replicas=replicas) if replicas else config)
 
 
 def _work_queue(name: str, subject: str, *, depth: int, request_timeout: float) -> StreamConfig:
@@ -96,10 +117,18 @@ def _pull_consumer(durable: str, subject: str, *, ack_wait: float, max_deliver: 
 
 
 async def model_views(js: JetStreamContext) -> KeyValue:
-    """The KV bucket of model views (one key per encoded model id, latest value only)."""
-    return await js.create_key_value(
-        KeyValueConfig(bucket=MODEL_VIEWS_BUCKET, history=1, storage=StorageType.FILE)
-    )
+    """The KV bucket of model views (one key per encoded model id, latest value only).
+
+    An existing bucket is used as it is: an operator may have made it with more replicas (``nats kv add``,
+    ``nats stream edit KV_modelbus_models --replicas 3``), and creating it again with another configuration
+    is refused by the server.
+    """
+    try:
+        return await js.key_value(MODEL_VIEWS_BUCKET)
+    except BucketNotFoundError:
+        return await js.create_key_value(
+            KeyValueConfig(bucket=MODEL_VIEWS_BUCKET, history=1, storage=StorageType.FILE)
+        )
 
 
 async def ensure_chat_stream(js: JetStreamContext, settings: ChatSettings) -> None:
@@ -133,5 +162,32 @@ async def ensure_nsql_stream(js: JetStreamContext, settings: NsqlSettings) -> No
     )
 
 
-def nsql_consumer_config(ack_wait: float) -> ConsumerConfig:
-    return _pull_consumer("nsql", NSQL_SUBJECT, ack_wait=ack_wait, max_deliver=5)
+def nsql_consumer_config(ack_wait: float, max_deliver: int) -> ConsumerConfig:
+    return _pull_consumer("nsql", NSQL_SUBJECT, ack_wait=ack_wait, max_deliver=max_deliver)
+
+
+async def ensure_tasks_stream(js: JetStreamContext, settings: HistorySettings) -> None:
+    """The stream behind ``modelbus.v1.tasks.>``: task events wait here, bounded by age and size, until
+    a history sink has written them (the sink's consumer acknowledges them; nothing else removes them)."""
+    config = StreamConfig(
+        name=TASKS_STREAM,
+        subjects=[TASKS_WILDCARD],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=settings.retention,
+        max_bytes=settings.max_bytes,
+        discard=DiscardPolicy.OLD,
+    )
+    await _add_or_update(js, config)
+
+
+def history_consumer_config(durable: str, subject: str, *, ack_wait: float) -> ConsumerConfig:
+    """A history sink's durable consumer on one stream: everything from the start, acknowledged per batch."""
+    return ConsumerConfig(
+        durable_name=durable,
+        filter_subject=subject,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ack_wait,
+        max_ack_pending=-1,
+    )

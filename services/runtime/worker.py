@@ -3,6 +3,13 @@
 A worker owns one :class:`ModelState` per model it hosts and changes it as the model loads, fails or
 recovers; :class:`WorkerRuntime` publishes a heartbeat for every model each interval, and at once after a
 change, and a :class:`~schemas.heartbeat.Goodbye` for each on exit.
+
+``$SRV.STATS`` answers, in each endpoint's ``data``, ``{"worker_id", "models": {model: counters}}`` plus
+whatever the worker's ``extra_stats`` adds (the NSQL worker's ``nsql`` counters). A model's counters:
+``status``, ``capacity``, ``in_flight``, ``requests`` and ``failures`` (requests taken, and those that
+ended in an error), ``prompt_tokens`` and ``completion_tokens`` (from the usage of the answers that carry
+one: every plain answer, and streams asked with ``include_usage``), ``busy_seconds`` (time spent answering,
+summed over requests).
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -53,7 +60,20 @@ class ModelState:
         self.in_flight = 0
         self.requests = 0
         self.failures = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.busy_seconds = 0.0
         self._on_change: Callable[[], None] = lambda: None
+
+    def count_answered(
+        self, seconds: float, prompt_tokens: int | None, completion_tokens: int | None
+    ) -> None:
+        """A request this worker took has ended, after ``seconds``, with this usage (None: not reported)."""
+        self.busy_seconds += seconds
+        if prompt_tokens:
+            self.prompt_tokens += prompt_tokens
+        if completion_tokens:
+            self.completion_tokens += completion_tokens
 
     def set_ready(self) -> None:
         self._set(ModelStatus.READY, None, None)
@@ -90,6 +110,7 @@ class WorkerRuntime:
         heartbeat: HeartbeatSettings,
         worker_id: str | None = None,
         description: str = "",
+        extra_stats: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self.nc = nc
         self.kind = kind
@@ -101,6 +122,7 @@ class WorkerRuntime:
         self._service: Service | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._description = description
+        self._extra_stats = extra_stats
         self._said_goodbye = False
         self._beat_scope = anyio.CancelScope()
         for state in self.models:
@@ -133,7 +155,10 @@ class WorkerRuntime:
         ]
 
     def stats(self) -> dict[str, Any]:
+        """What ``$SRV.STATS`` reports in each endpoint's ``data`` (see the module docstring)."""
+        extra = self._extra_stats() if self._extra_stats is not None else {}
         return {
+            **extra,
             "worker_id": self.worker_id,
             "models": {
                 s.model: {
@@ -142,6 +167,9 @@ class WorkerRuntime:
                     "in_flight": s.in_flight,
                     "requests": s.requests,
                     "failures": s.failures,
+                    "prompt_tokens": s.prompt_tokens,
+                    "completion_tokens": s.completion_tokens,
+                    "busy_seconds": round(s.busy_seconds, 6),
                 }
                 for s in self.models
             },

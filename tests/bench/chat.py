@@ -78,12 +78,13 @@ def line(label: str, r: Result) -> str:
     )
 
 
-async def main(seconds: float, workdir: Path) -> int:
+async def main(seconds: float, workdir: Path, runtime: list[str]) -> int:
     upstream_port, ingress_port = free_port(), free_port()
     config = (
         f"runtime:\n  http: {{port: {ingress_port}}}\n  heartbeat: {{interval: 1.0}}\n"
         f"  chat: {{queue_depth: 4096}}\n  log_level: info\n"
-        f"models:\n  - name: bench\n    from: openai:bench\n"
+        + "".join(f"  {setting}\n" for setting in runtime)
+        + f"models:\n  - name: bench\n    from: openai:bench\n"
         f"    params: {{endpoint: 'http://127.0.0.1:{upstream_port}/v1', api_key: sk-bench, "
         "capacity: 128}\n"
     )
@@ -96,7 +97,8 @@ async def main(seconds: float, workdir: Path) -> int:
         await wait_ready(f"http://127.0.0.1:{ingress_port}", "bench")
         await system.control(upstream_port, reply=" ".join(["word"] * 20), chunks=20)
         pids = {name: pid for name, pid in system.pids.items() if name != UPSTREAM}
-        print(f"modelbus chat benchmark, {seconds:.0f} s per run, {os.cpu_count()} cores\n")
+        print(f"modelbus chat benchmark, {seconds:.0f} s per run, {os.cpu_count()} cores")
+        print(f"runtime settings: {'; '.join(runtime) or 'defaults'}\n")
         for scenario in SCENARIOS:
             request = post("/v1/chat/completions", body("bench", scenario.stream))
             direct = await run_load(
@@ -126,9 +128,13 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--keep", type=Path, default=None, help="keep the logs and data in this folder")
+    parser.add_argument(
+        "--runtime", action="append", default=[],
+        help="a runtime setting in YAML, e.g. --runtime 'history: {enabled: false}' (repeatable)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
-        raise SystemExit(uvloop.run(main(args.seconds, args.keep)))
+        raise SystemExit(uvloop.run(main(args.seconds, args.keep, args.runtime)))
     with tempfile.TemporaryDirectory(prefix="modelbus-bench-") as tmp:
-        raise SystemExit(uvloop.run(main(args.seconds, Path(tmp))))
+        raise SystemExit(uvloop.run(main(args.seconds, Path(tmp), args.runtime)))

@@ -1,4 +1,5 @@
-"""The whole system in one test process: registry, model workers and ingress, each on its own connection."""
+"""The whole system in one test process: registry, model workers, NSQL worker and ingress, each on its own
+connection."""
 
 from __future__ import annotations
 
@@ -6,16 +7,20 @@ import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import anyio
 import httpx
 import openai
+from nats.aio.client import Client
 
 from ingress.server import IngressServer
 from services.config import Config, parse_config
 from services.registry import Registry
 from services.runtime.nats_client import connected
 from workers.model.worker import ModelWorker
+from workers.nsql.clickhouse import ClickHouse
+from workers.nsql.worker import NsqlWorker
 
 FAST_RUNTIME = """
 runtime:
@@ -59,7 +64,9 @@ class Stack:
         return client
 
     async def wait_ready(self, model: str = "gpt-4.1", timeout: float = 30) -> None:
-        async with httpx.AsyncClient(base_url=self.base_url) as http:
+        keys = self.config.runtime.auth.api_keys
+        headers = {"X-API-Key": keys[0]} if keys else None
+        async with httpx.AsyncClient(base_url=self.base_url, headers=headers) as http:
             with anyio.fail_after(timeout):
                 while True:
                     response = await http.get(f"/v1/models/{model}", params={"status": "true"})
@@ -92,6 +99,44 @@ async def running_stack(
         ingress = await stack.enter_async_context(IngressServer(config, ingress_nc, port=0))
         running = Stack(config, nats_url, ingress, started)
         try:
+            yield running
+        finally:
+            for client in running.clients:
+                await client.close()
+
+
+@asynccontextmanager
+async def nsql_stack(
+    nats_url: str,
+    config: Config,
+    engine: ClickHouse | None,
+    config_dir: Path,
+    *,
+    keep_history: bool | None = None,
+) -> AsyncIterator[Stack]:
+    """Registry, a model worker for every model, an NSQL worker on ``engine`` (none without one) and the
+    ingress, each on its own connection; entered once the first model is ready."""
+    async with AsyncExitStack() as stack:
+
+        async def connection(name: str) -> Client:
+            return await stack.enter_async_context(connected(config.runtime.nats, nats_url, name=name))
+
+        await stack.enter_async_context(Registry(await connection("registry"), config))
+        worker = ModelWorker(await connection("model"), config, config.models, environ=os.environ)
+        await stack.enter_async_context(worker)
+        if engine is not None:
+            nsql = NsqlWorker(
+                await connection("nsql"),
+                config,
+                config_dir=config_dir,
+                engine=engine,
+                keep_history=keep_history,
+            )
+            await stack.enter_async_context(nsql)
+        ingress = await stack.enter_async_context(IngressServer(config, await connection("ingress"), port=0))
+        running = Stack(config, nats_url, ingress, [worker])
+        try:
+            await running.wait_ready(config.models[0].name, timeout=120)
             yield running
         finally:
             for client in running.clients:

@@ -21,9 +21,13 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from schemas.chat import ChatChunk, ChatEnd, ChatFailure, ChatKeepalive, ChatRequest, ChatResult
+from schemas.history import TaskOutcome
 from schemas.status import ErrorInfo, ModelStatus
 from schemas.subjects import CHAT_STREAM
 from services.config import ChatSettings, ModelConfig
+from services.history.recorder import TaskRecorder
+from services.history.summaries import Usage, chat_input, completion_output, stream_piece
+from services.history.tracing import start_span
 from services.runtime.jetstream import chat_consumer_config, ensure_chat_stream, ensure_consumer
 from services.runtime.worker import ModelState
 from workers.model.cancellation import Cancellations
@@ -130,6 +134,7 @@ class ChatConsumer:
         worker_id: str,
         settings: ChatSettings,
         cancellations: Cancellations,
+        recorder: TaskRecorder,
         on_unhealthy: Callable[[ErrorInfo, str], None] = lambda _error, _message: None,
     ) -> None:
         self.nc = nc
@@ -139,6 +144,7 @@ class ChatConsumer:
         self.worker_id = worker_id
         self.settings = settings
         self.cancellations = cancellations
+        self.recorder = recorder
         self.on_unhealthy = on_unhealthy
         self._active: dict[str, _Active] = {}
         config = chat_consumer_config(model.name, settings)
@@ -185,16 +191,15 @@ class ChatConsumer:
                 "chat.request", outcome="skipped", reason="deadline passed or client left while queued"
             )
             return
-        active = _Active(msg, _Reply(self.nc, request, self.worker_id, tg))
+        active = _Active(msg, _Reply(self.nc, request, self.worker_id, tg), _Observed(self.recorder))
         self.state.requests += 1
-        outcome, error_code = "ok", None
         with anyio.CancelScope() as client_scope:
             self.cancellations.track(request.request_id, client_scope)
             self._active[request.request_id] = active
             try:
                 await self._answer(request, active)
             except ProviderError as error:
-                outcome, error_code = "error", error.code or str(error.status)
+                active.observed.failed(error.code or str(error.status), error.message)
                 self.state.failures += 1
                 if error.unhealthy is not None:
                     self.on_unhealthy(error.unhealthy, error.message)
@@ -206,33 +211,71 @@ class ChatConsumer:
                         await active.commit()  # the client left: the work is over
                     elif not active.committed:
                         await msg.nak()  # shutting down before any answer: another worker takes it
-                        outcome = "handed_back"
+                        active.observed.outcome = "handed_back"
                     else:
                         await active.fail(SHUTDOWN)
-                        outcome = "interrupted"
+                        active.observed.outcome = "interrupted"
                 raise
             except Exception:  # noqa: BLE001 - one failed request must not end the worker
                 bound.exception("chat.internal_error")
-                outcome, error_code = "error", "internal"
+                active.observed.failed("internal", "the model worker failed on this request")
                 self.state.failures += 1
                 with anyio.CancelScope(shield=True):
                     await active.fail(ProviderError(500, "the model worker failed on this request"))
             finally:
                 self._active.pop(request.request_id, None)
                 self.cancellations.forget(request.request_id)
-                bound.info(
-                    "chat.request",
-                    outcome="cancelled" if client_scope.cancel_called else outcome,
-                    error_code=error_code,
-                    committed=active.committed,
-                    duration_ms=round((time.monotonic() - started) * 1000, 2),
-                )
+                if client_scope.cancel_called:
+                    active.observed.outcome = "cancelled"
+                with anyio.CancelScope(shield=True):
+                    await self._done(request, active, bound, started)
+
+    def _count_answered(self, active: _Active, started: float) -> None:
+        """The model's busy time and tokens, for ``$SRV.STATS``."""
+        usage = active.observed.usage
+        self.state.count_answered(
+            time.monotonic() - started,
+            usage.prompt_tokens if usage else None,
+            usage.completion_tokens if usage else None,
+        )
+
+    async def _done(self, request: ChatRequest, active: _Active, bound: Any, started: float) -> None:
+        """The request's log line, and its span in the task history (unless another worker will answer)."""
+        self._count_answered(active, started)  # $SRV.STATS
+        observed = active.observed
+        bound.info(
+            "chat.request",
+            outcome=observed.outcome,
+            error_code=observed.error_code,
+            committed=active.committed,
+            duration_ms=round((time.monotonic() - started) * 1000, 2),
+        )
+        if observed.outcome == "handed_back":
+            return
+        usage = observed.usage
+        await self.recorder.record(
+            start_span(request.traceparent),
+            task="ai_completion",
+            started_at=time.time() - (time.monotonic() - started),
+            outcome=TaskOutcome.TIMEOUT if observed.error_code == "timeout" else observed.outcome,
+            model=request.model,
+            request_id=request.request_id,
+            error_code=observed.error_code,
+            error_message=observed.error_message,
+            input=observed.input,
+            output=observed.output(),
+            tokens_in=usage.prompt_tokens if usage else None,
+            tokens_out=usage.completion_tokens if usage else None,
+            labels={"stream": "true"} if request.stream else None,
+        )
 
     async def _answer(self, request: ChatRequest, active: _Active) -> None:
         try:
             body = prepare_body(self.model, _body_decoder.decode(request.body))
         except msgspec.DecodeError as exc:
             raise ProviderError(400, f"malformed request body: {exc}", type_="invalid_request_error") from exc
+        if active.observed.keeps_text:
+            active.observed.input = chat_input(body.get("messages") or [])
         call = ChatCall(
             request_id=request.request_id,
             body=body,
@@ -247,6 +290,7 @@ class ChatConsumer:
                     await active.reply.end()
                 else:
                     data = await self.provider.complete(call)
+                    active.observed.completion(data)
                     await active.commit()
                     await active.reply.result(data)
         except TimeoutError:
@@ -268,12 +312,49 @@ class ChatConsumer:
 SHUTDOWN = ProviderError(503, "the model worker shut down while answering", code="worker_shutdown")
 
 
+class _Observed:
+    """What the log line and the task history keep of one answer: its outcome, the question, the text (as
+    far as kept) and the usage."""
+
+    def __init__(self, recorder: TaskRecorder) -> None:
+        self.keeps_text = recorder.keeps_text
+        self._limit = recorder.settings.max_chars + 1 if self.keeps_text else 0
+        self.input: str | None = None
+        self.usage: Usage | None = None
+        self.outcome = "ok"
+        self.error_code: str | None = None
+        self.error_message: str | None = None
+        self._parts: list[str] = []
+        self._chars = 0
+
+    def failed(self, code: str, message: str) -> None:
+        self.outcome, self.error_code, self.error_message = "error", code, message
+
+    def _add(self, text: str, usage: Usage | None) -> None:
+        if text and self._chars < self._limit:
+            self._parts.append(text)
+            self._chars += len(text)
+        if usage is not None:
+            self.usage = usage
+
+    def completion(self, data: bytes) -> None:
+        self._add(*completion_output(data))
+
+    def chunk(self, data: bytes) -> None:
+        if self._chars < self._limit or b'"usage"' in data:
+            self._add(*stream_piece(data))
+
+    def output(self) -> str | None:
+        return "".join(self._parts) if self._parts else None
+
+
 class _Active:
     """A request being answered: its message (acknowledged once the answer is committed) and its replies."""
 
-    def __init__(self, msg: Msg, reply: _Reply) -> None:
+    def __init__(self, msg: Msg, reply: _Reply, observed: _Observed) -> None:
         self.msg = msg
         self.reply = reply
+        self.observed = observed
         self.committed = False
 
     async def commit(self) -> None:
@@ -283,6 +364,7 @@ class _Active:
 
     async def chunk(self, data: bytes) -> None:
         await self.commit()
+        self.observed.chunk(data)
         self.reply.chunk(data)
 
     async def fail(self, error: ProviderError) -> None:

@@ -15,6 +15,7 @@ from nats.aio.client import Client
 from schemas.heartbeat import ModelInfo
 from schemas.status import ErrorInfo
 from services.config import Config, ModelConfig
+from services.history.recorder import TaskRecorder
 from services.runtime.worker import ModelState, WorkerRuntime
 from workers.model.cancellation import Cancellations
 from workers.model.chat_consumer import ChatConsumer
@@ -67,6 +68,9 @@ class ModelWorker:
         self._tg: anyio.abc.TaskGroup | None = None
         self._checking: set[str] = set()
         self.cancellations = Cancellations()
+        self.recorder = TaskRecorder(
+            nc, config.runtime.history, component="model_worker", worker_id=self.runtime.worker_id
+        )
         self.consumers = [
             ChatConsumer(
                 nc,
@@ -75,6 +79,7 @@ class ModelWorker:
                 worker_id=self.runtime.worker_id,
                 settings=config.runtime.chat,
                 cancellations=self.cancellations,
+                recorder=self.recorder,
                 on_unhealthy=partial(self._unhealthy, name),
             )
             for name, provider in self.providers.items()
@@ -122,6 +127,7 @@ class ModelWorker:
             for provider in self.providers.values():
                 stack.push_async_callback(provider.aclose)
             await stack.enter_async_context(self.runtime)
+            await self.recorder.prepare()
             await self.cancellations.subscribe(self.runtime.nc)
             stack.push_async_callback(self.cancellations.unsubscribe)
             tg = await stack.enter_async_context(anyio.create_task_group())

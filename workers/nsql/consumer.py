@@ -34,6 +34,7 @@ from services.runtime.jetstream import ensure_consumer, ensure_nsql_stream, nsql
 from workers.model.cancellation import Cancellations
 from workers.model.work_queue import SlotConsumer
 from workers.nsql.handler import Handled
+from workers.nsql.stats import NsqlStats
 
 __all__ = ("NsqlConsumer",)
 
@@ -64,8 +65,9 @@ class NsqlConsumer:
         self.cancellations = cancellations
         self.requests = 0
         self.failures = 0
+        self.stats = NsqlStats()  # for $SRV.STATS
         self._active: dict[str, Msg] = {}
-        self._config = nsql_consumer_config(ack_wait)
+        self._config = nsql_consumer_config(ack_wait, settings.max_deliver)
         self.slots = SlotConsumer(
             nc, stream=NSQL_STREAM, consumer=str(self._config.durable_name), capacity=lambda: self.capacity,
             handle=lambda msg, _tg: self._process(msg),
@@ -140,6 +142,8 @@ class NsqlConsumer:
                     self.cancellations.forget(request.request_id)
                     if outcome != "ok":
                         self.failures += 1
+                    final = "cancelled" if client_scope.cancel_called else outcome
+                    self.stats.record(final, handled, time.monotonic() - started)
                     reply = handled.reply if handled is not None else None
                     bound.info(
                         "nsql.request",

@@ -8,6 +8,8 @@
   ``base_dir``): loaded into the embedded engine as ``<runtime.clickhouse.database>.<name>``.
   ``params.file_format`` overrides the extension (``csv``, ``tsv``, ``parquet``), ``params.csv_has_header:
   "false"`` reads a CSV without a header row;
+- ``history:task_history``: the task history table (``runtime.history``) in ``<database>``, created empty
+  when missing; the history sink fills it (with the embedded engine, the NSQL worker runs that sink);
 - ``sample:sales_data``: the built-in deterministic sample (``sample_data.py``), generated into
   ``<database>.<name>``; ``params.rows`` changes its size.
 
@@ -35,6 +37,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, Error, Operation
 
 from schemas.status import ErrorCategory, ErrorInfo, ErrorType, ModelStatus
 from services.config.model import DatasetConfig
+from services.history.table import ensure_history_table
 from workers.nsql import sample_data
 from workers.nsql.clickhouse import ClickHouse, engine_message
 from workers.nsql.names import TableRef, quote_string
@@ -44,6 +47,7 @@ __all__ = (
     "Dataset",
     "DatasetError",
     "FileSource",
+    "HistorySource",
     "SampleSource",
     "Source",
     "load_dataset",
@@ -82,7 +86,11 @@ class SampleSource(msgspec.Struct, frozen=True):
     rows: int
 
 
-Source = ClickHouseSource | FileSource | SampleSource
+class HistorySource(msgspec.Struct, frozen=True):
+    table: str  # in runtime.clickhouse.database; created (empty) when missing
+
+
+Source = ClickHouseSource | FileSource | SampleSource | HistorySource
 
 
 class Dataset(msgspec.Struct, frozen=True, kw_only=True):
@@ -109,6 +117,7 @@ def parse_source(config: DatasetConfig, *, base_dir: Path) -> Source:
         raise DatasetError(
             ErrorType.VALIDATION,
             f"dataset {config.name!r}: 'from: {config.from_}' is not one of clickhouse:<db.table>, "
+            "history:<table>, "
             "file:<path> or sample:<name>",
         )
     if scheme == "clickhouse":
@@ -122,6 +131,8 @@ def parse_source(config: DatasetConfig, *, base_dir: Path) -> Source:
         return ClickHouseSource(table=table, database=database) if dot else ClickHouseSource(table=rest)
     if scheme == "file":
         return _file_source(config, rest, base_dir)
+    if scheme == "history":
+        return HistorySource(table=rest)
     if scheme == "sample":
         spec = sample_data.SAMPLES.get(rest)
         if spec is None:
@@ -132,7 +143,8 @@ def parse_source(config: DatasetConfig, *, base_dir: Path) -> Source:
         return SampleSource(spec=spec, rows=_positive_int(config, "rows", spec.rows))
     raise DatasetError(
         ErrorType.VALIDATION,
-        f"dataset {config.name!r}: unsupported source {scheme!r}; use clickhouse:, file: or sample:",
+        f"dataset {config.name!r}: unsupported source {scheme!r}; "
+        "use clickhouse:, file:, sample: or history:",
     )
 
 
@@ -191,6 +203,9 @@ def _load(engine: ClickHouse, client: Any, *, config: DatasetConfig, base_dir: P
             table, rows = _existing_table(client, source)
         elif isinstance(source, FileSource):
             table, rows = _load_file(engine, client, config.name, source)
+        elif isinstance(source, HistorySource):
+            ensure_history_table(client, TableRef(engine.settings.database, source.table))
+            table, rows = _existing_table(client, ClickHouseSource(source.table, engine.settings.database))
         else:
             table, rows = _load_sample(engine, client, config.name, source)
     except DatasetError as exc:

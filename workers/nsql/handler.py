@@ -43,6 +43,8 @@ class Handled(msgspec.Struct, frozen=True, kw_only=True):
     reply: NsqlReply
     outside_model_ms: float | None = None
     model_calls: int = 0
+    sql_attempts: int = 0  # SQL statements the model wrote that were checked (and run unless SQL-only)
+    rows: int = 0  # rows in the answer
 
 
 class NsqlHandler:
@@ -127,7 +129,8 @@ class NsqlHandler:
                 )
         except ModelCallError as exc:
             reply = self._error(request, exc.status, exc.message, exc.code, attempts=model.calls)
-            return Handled(reply=reply, model_calls=model.calls)
+            # every call before the one that failed gave SQL that was tried
+            return Handled(reply=reply, model_calls=model.calls, sql_attempts=max(0, model.calls - 1))
         except TimeoutError:
             reply = self._error(
                 request, 504, "The question was not answered in time", "timeout", attempts=model.calls
@@ -154,7 +157,14 @@ class NsqlHandler:
                 sql=outcome.last_sql,
                 attempts=outcome.attempts,
             )
-        return Handled(reply=reply, outside_model_ms=outcome.outside_model_ms, model_calls=model.calls)
+        rows = len(outcome.result.rows) if isinstance(outcome, Answered) and outcome.result else 0
+        return Handled(
+            reply=reply,
+            outside_model_ms=outcome.outside_model_ms,
+            model_calls=model.calls,
+            sql_attempts=outcome.attempts,
+            rows=rows if reply.status == 200 else 0,
+        )
 
     def _answered(self, request: NsqlRequest, outcome: Answered) -> NsqlReply:
         body = render(request.format, outcome.result, outcome.sql)

@@ -6,7 +6,8 @@ file's folder), opens the engine, loads every dataset and reads the schemas of t
 that cannot be loaded (missing file or table, unreadable file, ...) is logged and reported, and the worker
 serves the others; a request naming it gets a 400 that says why.
 
-On the bus it is discoverable through ``$SRV`` (kind ``nsql``, no model heartbeats: it hosts no model),
+On the bus it is discoverable through ``$SRV`` (kind ``nsql``, no model heartbeats: it hosts no model;
+``$SRV.STATS`` carries its load, counters and datasets under ``nsql``: see :mod:`workers.nsql.stats`),
 answers ``modelbus.v1.nsql_ready`` (queue group ``nsql``) with its datasets and their status, and pulls
 requests from the NSQL work queue (:class:`~workers.nsql.consumer.NsqlConsumer`), asking models for SQL
 over the chat path clients use. On exit it stops taking requests, stops answering the ready subject, lets
@@ -19,6 +20,7 @@ from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import anyio
 import msgspec
@@ -29,8 +31,11 @@ from nats.aio.subscription import Subscription
 
 from schemas.nsql import NsqlDatasetStatus, NsqlReady
 from schemas.status import ErrorCategory, ErrorInfo, ErrorType, ModelStatus
-from schemas.subjects import NSQL_READY_SUBJECT
+from schemas.subjects import NSQL_READY_SUBJECT, encode_token
 from services.config import Config
+from services.history.recorder import TaskRecorder
+from services.history.service import embedded_sink
+from services.history.sink import HistorySink
 from services.runtime.chat_client import ChatDispatcher
 from services.runtime.worker import WorkerRuntime
 from workers.model.cancellation import Cancellations
@@ -41,6 +46,8 @@ from workers.nsql.datadir import claim_data_dir
 from workers.nsql.datasets import Dataset, load_datasets
 from workers.nsql.executor import Executor
 from workers.nsql.handler import NsqlHandler
+from workers.nsql.recorded import RecordedHandler
+from workers.nsql.stats import NsqlStats
 
 __all__ = ("NSQL_QUEUE_GROUP", "NsqlWorker", "data_dir_base")
 
@@ -71,12 +78,16 @@ class NsqlWorker:
         config_dir: Path,
         worker_id: str | None = None,
         engine: ClickHouse | None = None,
+        keep_history: bool | None = None,
     ) -> None:
         self.nc = nc
         self.config = config
         self.config_dir = config_dir
         self._given_engine = engine
         self.engine: ClickHouse | None = engine
+        self._keep_history = keep_history
+        self._data_dir: Path | None = None
+        self.history: HistorySink | None = None
         self.datasets: list[Dataset] = []
         self.schemas: dict[str, TableSchema] = {}
         self.runtime = WorkerRuntime(
@@ -86,6 +97,7 @@ class NsqlWorker:
             heartbeat=config.runtime.heartbeat,
             worker_id=worker_id,
             description="modelbus NSQL worker",
+            extra_stats=self.stats,
         )
         self.cancellations = Cancellations()
         self.consumer: NsqlConsumer | None = None
@@ -112,6 +124,20 @@ class NsqlWorker:
             ],
         )
 
+    def stats(self) -> dict[str, Any]:
+        """This worker's part of ``$SRV.STATS``: its load, its counters and its datasets."""
+        ready = self.ready_info()
+        counters = self.consumer.stats if self.consumer is not None else NsqlStats()
+        datasets = {d.name: {"status": d.status, "error_code": d.error_code} for d in ready.datasets}
+        return {
+            "nsql": {
+                "capacity": ready.capacity,
+                "in_flight": ready.in_flight,
+                **counters.as_dict(),
+                "datasets": datasets,
+            }
+        }
+
     async def _open_engine(self, stack: AsyncExitStack) -> ClickHouse:
         if self._given_engine is not None:
             return self._given_engine
@@ -120,10 +146,26 @@ class NsqlWorker:
         if settings.embedded:
             claim = claim_data_dir(data_dir_base(self.config, self.config_dir))
             stack.callback(claim.release)
-            data_dir = claim.path
+            data_dir = self._data_dir = claim.path
         engine = await anyio.to_thread.run_sync(partial(ClickHouse.open, settings, data_dir=data_dir))
         stack.callback(engine.close)
         return engine
+
+    def _history_sink(self, engine: ClickHouse) -> HistorySink | None:
+        """With the embedded engine, this worker keeps its own copy of the task history (for ``history:``
+        datasets); ``keep_history`` overrides that (a sink per worker id, for an engine given to it)."""
+        settings = self.config.runtime.history
+        keep = self._keep_history
+        if keep is None:
+            keep = engine.embedded and self._data_dir is not None
+        if not (keep and settings.enabled):
+            return None
+        if self._data_dir is not None:
+            return embedded_sink(self.nc, engine, self.config, self._data_dir)
+        return HistorySink(
+            self.nc, engine, settings, consumer=f"history-{encode_token(self.worker_id)}",
+            inactive_threshold=settings.retention,
+        )  # fmt: skip
 
     async def _prepare_datasets(self, engine: ClickHouse) -> None:
         loaded = await load_datasets(engine, self.config.datasets, base_dir=self.config_dir)
@@ -190,6 +232,9 @@ class NsqlWorker:
         async with AsyncExitStack() as stack:
             engine = await self._open_engine(stack)
             self.engine = engine
+            sink = self._history_sink(engine)
+            if sink is not None:
+                self.history = await stack.enter_async_context(sink)
             await self._prepare_datasets(engine)
             await stack.enter_async_context(self.runtime)
             dispatcher = await stack.enter_async_context(ChatDispatcher(self.nc, self.config.runtime.chat))
@@ -204,9 +249,13 @@ class NsqlWorker:
                 settings=self.config.runtime.nsql,
                 max_reply_bytes=self.nc.max_payload,
             )
+            recorder = TaskRecorder(
+                self.nc, self.config.runtime.history, component="nsql_worker", worker_id=self.worker_id
+            )
+            await recorder.prepare()
             self.consumer = NsqlConsumer(
                 self.nc,
-                handler.handle,
+                RecordedHandler(handler.handle, recorder),
                 worker_id=self.worker_id,
                 settings=self.config.runtime.nsql,
                 ack_wait=self.config.runtime.chat.ack_wait,

@@ -1,0 +1,1 @@
+"""Task history: spans of work recorded as events (``recorder``) and written to ClickHouse (``sink``)."""

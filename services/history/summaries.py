@@ -1,0 +1,86 @@
+"""What a span records of a prompt or an answer, as short text, read from the OpenAI shapes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+__all__ = ("Usage", "chat_input", "completion_output", "completion_usage", "stream_piece")
+
+
+class Usage(msgspec.Struct, frozen=True):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class _Message(msgspec.Struct):
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    message: _Message | None = None
+
+
+class _Completion(msgspec.Struct):
+    choices: list[_Choice] = []
+    usage: Usage | None = None
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+
+
+class _ChunkChoice(msgspec.Struct):
+    delta: _Delta | None = None
+
+
+class _Chunk(msgspec.Struct):
+    choices: list[_ChunkChoice] = []
+    usage: Usage | None = None
+
+
+_completion = msgspec.json.Decoder(_Completion)
+_chunk = msgspec.json.Decoder(_Chunk)
+
+
+def _text(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: keep the text ones
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and "text" in p)
+    return ""
+
+
+def chat_input(messages: Sequence[Any]) -> str:
+    """The last user message's text (the question a chat asks), from Structs or plain dicts."""
+    for message in reversed(messages):
+        role = message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
+        if role == "user":
+            return _text(message.get("content") if isinstance(message, dict) else message.content)
+    return ""
+
+
+def completion_output(data: bytes) -> tuple[str, Usage | None]:
+    """The first choice's text and the usage of a ``chat.completion`` body (empty when unreadable)."""
+    try:
+        completion = _completion.decode(data)
+    except msgspec.DecodeError:
+        return "", None
+    message = completion.choices[0].message if completion.choices else None
+    return (message.content or "" if message else ""), completion.usage
+
+
+def completion_usage(data: bytes) -> Usage | None:
+    return completion_output(data)[1]
+
+
+def stream_piece(data: bytes) -> tuple[str, Usage | None]:
+    """The text a ``chat.completion.chunk`` adds, and its usage (the last chunk's, when asked for)."""
+    try:
+        chunk = _chunk.decode(data)
+    except msgspec.DecodeError:
+        return "", None
+    delta = chunk.choices[0].delta if chunk.choices else None
+    return (delta.content or "" if delta else ""), chunk.usage

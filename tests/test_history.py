@@ -1,0 +1,288 @@
+"""Task history: spans from the ingress and the workers, written by the sink to ClickHouse's task_history.
+
+Real parts: a nats-server, the session's embedded ClickHouse engine, the stand-in OpenAI upstream playing the
+provider, and the official ``openai`` SDK as the client. Each test writes its own table.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import msgspec
+import openai
+import pytest
+
+from schemas.status import ModelStatus
+from schemas.subjects import event_subject
+from schemas.views import ModelStatusEvent
+from services.config import Config, HistorySettings, parse_config
+from services.history.recorder import TaskRecorder
+from services.history.sink import HistorySink
+from services.history.tracing import start_span
+from services.launcher import Launcher
+from services.runtime.embedded_nats import EmbeddedNats
+from services.runtime.jetstream import ensure_events_stream
+from tests.ingress_helpers import eventually
+from tests.support.nsql_fixtures import admin_rows, nsql_engine
+from tests.support.processes import ServiceProcess, modelbus_argv, service
+from tests.support.stack import FAST_RUNTIME, nsql_stack
+from tests.support.upstream import Behaviour, UpstreamServer
+from workers.nsql.clickhouse import ClickHouse
+
+__all__ = ("nsql_engine",)
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = "00f067aa0ba902b7"
+COLUMNS = (
+    "task, component, model, worker_id, trace_id, span_id, parent_span_id, outcome, status_code, "
+    "error_code, input, captured_output, tokens_in, tokens_out, execution_duration_ms, labels"
+)
+
+
+def _table() -> str:
+    return f"history_{uuid.uuid4().hex[:10]}"
+
+
+def rows(engine: ClickHouse, table: str, where: str = "1") -> list[dict[str, Any]]:
+    names = [c.strip() for c in COLUMNS.split(",")]
+    found = admin_rows(
+        engine, f"SELECT {COLUMNS} FROM modelbus.{table} FINAL WHERE {where} ORDER BY start_time"
+    )
+    return [dict(zip(names, row, strict=True)) for row in found]
+
+
+async def rows_when(engine: ClickHouse, table: str, where: str, count: int) -> list[dict[str, Any]]:
+    """The rows matching ``where`` once there are ``count`` of them (the sink writes in batches)."""
+
+    async def probe() -> list[dict[str, Any]] | None:
+        found = await anyio.to_thread.run_sync(rows, engine, table, where)
+        return found if len(found) >= count else None
+
+    return await eventually(probe, timeout=30)
+
+
+def _settings(table: str, **changes: Any) -> HistorySettings:
+    return msgspec.structs.replace(HistorySettings(table=table, flush_interval=0.1), **changes)
+
+
+async def test_the_sink_writes_spans_and_status_changes_and_keeps_what_record_allows(
+    nats_server: EmbeddedNats, nc: Any, nsql_engine: ClickHouse
+) -> None:
+    table = _table()
+    prompt = "x" * 500
+    recorders = {
+        record: TaskRecorder(nc, _settings(table, record=record), component="tester", worker_id=f"w-{record}")
+        for record in ("none", "truncated", "full")
+    }
+    for recorder in recorders.values():
+        await recorder.prepare()
+    # events published before any sink runs wait in the stream
+    for record, recorder in recorders.items():
+        await recorder.record(
+            start_span(f"00-{TRACE}-{PARENT}-01"), task="chat", started_at=1_700_000_000.0, outcome="ok",
+            model="m", request_id=record, status_code=200, input=prompt, output="answer",
+            tokens_in=12, tokens_out=3, labels={"k": "v"},
+        )  # fmt: skip
+    js = nc.jetstream()
+    await ensure_events_stream(js)
+    change = ModelStatusEvent(
+        model="m", status=ModelStatus.READY, previous=ModelStatus.LOADING, ready_workers=1, workers=1,
+        revision=7, at=1_700_000_001.0,
+    )  # fmt: skip
+    await js.publish(event_subject("m"), msgspec.json.encode(change))
+
+    async with HistorySink(nc, nsql_engine, _settings(table), consumer=f"sink-{table}") as sink:
+        spans = await rows_when(nsql_engine, table, "task = 'chat'", 3)
+        status = await rows_when(nsql_engine, table, "task = 'model_status'", 1)
+    assert sink.written >= 4
+
+    by_worker = {r["worker_id"]: r for r in spans}
+    assert by_worker["w-none"]["input"] is None and by_worker["w-none"]["captured_output"] is None
+    assert by_worker["w-truncated"]["input"] == "x" * 200 + "…"
+    assert by_worker["w-full"]["input"] == prompt
+    for row in spans:
+        assert row["trace_id"] == TRACE and row["parent_span_id"] == PARENT
+        assert len(row["span_id"]) == 16 and row["span_id"] != PARENT
+        assert (row["tokens_in"], row["tokens_out"], row["status_code"]) == (12, 3, 200)
+        assert row["component"] == "tester" and row["labels"] == {"k": "v"}
+        assert row["execution_duration_ms"] > 0
+    [ready] = status
+    assert ready["captured_output"] == "loading -> ready" and ready["model"] == "m"
+    assert ready["component"] == "registry" and ready["labels"]["revision"] == "7"
+
+
+async def test_a_sink_that_restarts_loses_nothing_and_writes_nothing_twice(
+    nats_server: EmbeddedNats, nc: Any, nsql_engine: ClickHouse
+) -> None:
+    table = _table()
+    settings = _settings(table)
+    recorder = TaskRecorder(nc, settings, component="tester")
+    await recorder.prepare()
+
+    async def burst(first: int, count: int) -> None:
+        for i in range(first, first + count):
+            await recorder.record(
+                start_span(None), task="chat", started_at=1.0 + i, outcome="ok", request_id=str(i)
+            )
+
+    await burst(0, 50)
+    async with HistorySink(nc, nsql_engine, settings, consumer=f"sink-{table}"):
+        await rows_when(nsql_engine, table, "1", 50)
+    await burst(50, 50)  # while no sink runs
+    async with HistorySink(nc, nsql_engine, settings, consumer=f"sink-{table}"):
+        await rows_when(nsql_engine, table, "1", 100)
+        await anyio.sleep(0.5)  # a redelivery, if any, would land now
+    plain = admin_rows(nsql_engine, f"SELECT count(), uniqExact(span_id) FROM modelbus.{table}")
+    assert plain == [(100, 100)]
+
+
+def _system_config(endpoint: str, table: str) -> Config:
+    return parse_config(
+        FAST_RUNTIME
+        + f"  history: {{table: {table}, flush_interval: 0.1}}\n"
+        + "  nsql: {request_timeout: 60}\n"
+        + "models:\n  - name: gpt-4.1\n    from: openai:gpt-4.1\n    datasets: [task_history]\n"
+        + f"    params: {{endpoint: '{endpoint}', api_key: sk-test, recheck_initial: 0.05}}\n"
+        + f"datasets:\n  - name: task_history\n    from: history:{table}\n",
+        {},
+    )
+
+
+async def test_real_requests_leave_linked_spans_and_the_history_answers_nsql(
+    nats_server: EmbeddedNats, nsql_engine: ClickHouse, tmp_path: Path
+) -> None:
+    table = _table()
+    async with UpstreamServer() as upstream:
+        config = _system_config(upstream.url, table)
+        async with nsql_stack(nats_server.url, config, nsql_engine, tmp_path, keep_history=True) as stack:
+            model_worker = stack.workers[0].worker_id
+            client = stack.client(default_headers={"traceparent": f"00-{TRACE}-{PARENT}-01"})
+            question = [{"role": "user", "content": "What is the capital of France?"}]
+            upstream.upstream.behaviour = Behaviour(reply="Paris is the capital.")
+            done = await client.chat.completions.create(model="gpt-4.1", messages=question)  # type: ignore[arg-type]
+            assert done.usage is not None
+            stream = await client.chat.completions.create(
+                model="gpt-4.1", messages=question, stream=True,  # type: ignore[arg-type]
+                stream_options={"include_usage": True},
+            )  # fmt: skip
+            streamed = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+            upstream.upstream.behaviour = Behaviour(fail_status=500)
+            with pytest.raises(openai.APIStatusError) as failed:
+                await client.chat.completions.create(model="gpt-4.1", messages=question)  # type: ignore[arg-type]
+            assert failed.value.status_code == 502
+
+            ingress = await rows_when(nsql_engine, table, "component = 'ingress'", 3)
+            completions = await rows_when(nsql_engine, table, "task = 'ai_completion'", 3)
+            [plain, streaming, failing] = ingress
+            assert (plain["task"], plain["status_code"], plain["outcome"]) == ("chat", 200, "ok")
+            assert (plain["tokens_in"], plain["tokens_out"]) == (
+                done.usage.prompt_tokens,
+                done.usage.completion_tokens,
+            )
+            assert plain["input"] == "What is the capital of France?"
+            assert plain["captured_output"] == "Paris is the capital."
+            assert (streaming["task"], streaming["outcome"]) == ("chat_stream", "ok")
+            assert streaming["captured_output"] == streamed and streaming["tokens_out"]
+            assert (failing["outcome"], failing["status_code"]) == ("error", 502)
+            for row in ingress:  # the client's trace continues, each request its own span
+                assert (row["trace_id"], row["parent_span_id"], row["model"]) == (TRACE, PARENT, "gpt-4.1")
+            parents = {r["span_id"]: r for r in ingress}
+            for completion in completions:  # the worker's span is the child of the ingress's
+                parent = parents[completion["parent_span_id"]]
+                assert completion["trace_id"] == TRACE and completion["worker_id"] == model_worker
+                assert completion["outcome"] == ("error" if parent is failing else "ok")
+            status = await rows_when(nsql_engine, table, "task = 'model_status' AND model = 'gpt-4.1'", 1)
+            assert status[-1]["captured_output"].endswith("-> ready")
+
+            # the history is a dataset: "which model failed most?"
+            sql = (
+                "SELECT model, countIf(outcome = 'error') AS failures FROM task_history "
+                "WHERE component = 'ingress' GROUP BY model ORDER BY failures DESC LIMIT 1"
+            )
+            upstream.upstream.behaviour = Behaviour(reply=json.dumps({"sql": sql}))
+            async with httpx.AsyncClient(base_url=stack.base_url, timeout=60) as http:
+                answer = await http.post(
+                    "/v1/nsql", json={"query": "Which model failed most?", "datasets": ["task_history"]}
+                )
+            assert answer.status_code == 200, answer.text
+            assert answer.json() == [{"model": "gpt-4.1", "failures": 1}]
+            [nsql] = await rows_when(nsql_engine, table, "task = 'nsql'", 1)
+            [text_to_sql] = await rows_when(nsql_engine, table, "task = 'text_to_sql'", 1)
+            assert nsql["input"] == "Which model failed most?" and nsql["outcome"] == "ok"
+            assert text_to_sql["parent_span_id"] == nsql["span_id"] and text_to_sql["captured_output"]
+            asked = await rows_when(nsql_engine, table, f"parent_span_id = '{text_to_sql['span_id']}'", 1)
+            assert asked[0]["task"] == "ai_completion"
+
+
+async def test_history_off_publishes_nothing(nats_server: EmbeddedNats, nc: Any) -> None:
+    recorder = TaskRecorder(nc, HistorySettings(enabled=False), component="tester")
+    await recorder.prepare()
+    await recorder.record(start_span(None), task="chat", started_at=1.0, outcome="ok")
+    assert recorder.published == 0
+    names = [s.config.name for s in await nc.jetstream().streams_info()]
+    assert "MODELBUS_TASKS" not in names
+
+
+def _chdb_count(data_dir: Path, table: str) -> str:
+    """Count a table's rows in a stopped service's embedded data directory, from a process of its own
+    (chdb opens one data directory per process, and this one's is the session's engine)."""
+    script = (
+        "import sys, chdb; from chdb.session import Session; "
+        f"s = Session({str(data_dir)!r}); "
+        f"print(s.query('SELECT task, count() FROM modelbus.{table} GROUP BY task ORDER BY task', 'CSV'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    return done.stdout.strip()
+
+
+async def test_modelbus_history_runs_on_its_own_and_resumes_after_a_restart(
+    nats_server: EmbeddedNats, nc: Any, tmp_path: Path
+) -> None:
+    table = _table()
+    config_path = tmp_path / "modelbus.yaml"
+    config_path.write_text(FAST_RUNTIME + f"  history: {{table: {table}, flush_interval: 0.1}}\n")
+    config = parse_config(config_path.read_text(), {})
+    recorder = TaskRecorder(nc, config.runtime.history, component="tester")
+    await recorder.prepare()
+    argv = modelbus_argv("history", "--config", str(config_path), "--nats-url", nats_server.url)
+    for run in range(2):  # the second run starts where the first stopped
+        for i in range(20):
+            await recorder.record(start_span(None), task=f"run{run}", started_at=1.0 + i, outcome="ok")
+        with service(argv, tmp_path / f"history-{run}.log") as sink:
+
+            async def written(sink: ServiceProcess = sink) -> bool:
+                return '"rows":20' in sink.log_text()
+
+            await eventually(written, timeout=60)
+            assert sink.terminate() == 0
+    assert _chdb_count(tmp_path / ".modelbus" / "history" / "0", table) == '"run0",20\n"run1",20'
+
+
+def test_modelbus_up_runs_a_sink_only_where_no_nsql_worker_keeps_the_history(tmp_path: Path) -> None:
+    path = tmp_path / "modelbus.yaml"
+    model = "models:\n  - name: m\n    from: openai:m\n    params: {endpoint: 'http://127.0.0.1:9/v1'}\n"
+    sample = "datasets:\n  - name: sales_data\n    from: sample:sales_data\n"
+    cases = {
+        "": ["registry", "model-worker:m", "history", "ingress"],
+        sample: ["registry", "model-worker:m", "nsql-worker", "ingress"],
+        "runtime:\n  clickhouse: {url: 'http://ch:8123'}\n" + sample: [
+            "registry", "model-worker:m", "nsql-worker", "history", "ingress",
+        ],
+        "runtime:\n  history: {enabled: false}\n": ["registry", "model-worker:m", "ingress"],
+    }  # fmt: skip
+    for extra, expected in cases.items():
+        text = (extra + model) if extra.startswith("runtime") else (model + extra)
+        if extra.startswith("runtime") and sample in extra:
+            text = extra.replace(sample, "") + model + sample
+        path.write_text(text)
+        children = Launcher(parse_config(text, {}), path).children("nats://127.0.0.1:4222")
+        assert [c.name for c in children] == expected, extra
