@@ -13,7 +13,7 @@ takes its snapshot. It then sends:
 A stream opened before the store's first replay has ended starts with an empty snapshot; each model then
 arrives as a ``status`` event with ``previous`` null. Ids only grow: they are revisions of the one KV bucket.
 The status events are derived from the same watch that serves ``/v1/models``, by the registry's own rule
-(:func:`~services.registry.table.status_changed`), so the stream and the list never disagree, and changes
+(:func:`~schemas.views.status_event`), so the stream and the list never disagree, and changes
 made while NATS was away arrive after the re-watch.
 
 A client that does not keep up (its listener's buffer fills while its socket is not taking data) gets a last
@@ -39,18 +39,14 @@ from litestar.types import Message, Receive, Send, TypeEncodersMap
 
 from ingress.errors import error_body
 from ingress.view_store import ListenerEnd, ModelViewStore, ViewChange, ViewListener
-from schemas.status import ModelStatus
-from schemas.views import ModelStatusEvent
-from services.registry.table import status_changed
+from schemas.views import ModelRemoved, ModelStatusEvent, SnapshotComplete, status_event
 
 __all__ = (
     "EVENT_STREAM",
     "SSE_EVENTS",
-    "ModelRemoved",
-    "SnapshotComplete",
     "StatusStream",
     "StreamSettings",
-    "status_event",
+    "change_event",
 )
 
 log = structlog.get_logger(__name__)
@@ -69,36 +65,11 @@ class StreamSettings:
     final_timeout_s: float = 1.0  # how long the last event (and the end) may wait on a stuck socket
 
 
-class SnapshotComplete(msgspec.Struct, frozen=True, kw_only=True):
-    """The snapshot has been sent: ``models`` views, as of ``revision``."""
-
-    models: int
-    revision: int
-
-
-class ModelRemoved(msgspec.Struct, frozen=True, kw_only=True):
-    """The model is no longer in the registry's views (as of ``revision``)."""
-
-    model: str
-    revision: int
-
-
-def status_event(change: ViewChange) -> ModelStatusEvent | None:
+def change_event(change: ViewChange) -> ModelStatusEvent | None:
     """The status event a change carries, built as the registry builds it; None if the status held."""
-    view, previous = change.view, change.previous
-    if view is None or not status_changed(previous, view):
+    if change.view is None:
         return None
-    return ModelStatusEvent(
-        model=change.model,
-        status=view.status,
-        previous=previous.status if previous is not None else None,
-        error=view.error,
-        error_message=view.error_message,
-        ready_workers=sum(w.status is ModelStatus.READY for w in view.workers),
-        workers=len(view.workers),
-        revision=change.revision,
-        at=view.changed_at,
-    )
+    return status_event(change.model, change.previous, change.view, change.revision)
 
 
 def _frame(event: str, data: msgspec.Struct | dict[str, Any], event_id: int | None = None) -> bytes:
@@ -116,7 +87,7 @@ def _snapshot_frames(listener: ViewListener) -> bytes:
 def _change_frame(change: ViewChange) -> bytes | None:
     if change.view is None:
         return _frame("removed", ModelRemoved(model=change.model, revision=change.revision), change.revision)
-    event = status_event(change)
+    event = change_event(change)
     return _frame("status", event, change.revision) if event is not None else None
 
 

@@ -1,4 +1,5 @@
-"""The registry's view of each model (a value in the KV bucket) and the status-change event it publishes."""
+"""The registry's view of each model (a value in the KV bucket), the status-change event it publishes, and
+the other events of the ``GET /v1/models/events`` stream."""
 
 from __future__ import annotations
 
@@ -6,7 +7,15 @@ import msgspec
 
 from schemas.status import ErrorInfo, ModelStatus
 
-__all__ = ("ModelStatusEvent", "ModelView", "WorkerView")
+__all__ = (
+    "ModelRemoved",
+    "ModelStatusEvent",
+    "ModelView",
+    "SnapshotComplete",
+    "WorkerView",
+    "status_changed",
+    "status_event",
+)
 
 
 class WorkerView(msgspec.Struct, frozen=True, kw_only=True):
@@ -51,3 +60,45 @@ class ModelStatusEvent(
     workers: int = 0
     revision: int = 0  # the KV revision of the view that carried this change
     at: float = 0.0
+
+
+def status_changed(previous: ModelView | None, view: ModelView) -> bool:
+    """Whether replacing ``previous`` by ``view`` is a status change (an event): status or error code."""
+    if previous is None:
+        return True
+    code = view.error.code if view.error is not None else None
+    previous_code = previous.error.code if previous.error is not None else None
+    return (previous.status, previous_code) != (view.status, code)
+
+
+def status_event(
+    model: str, previous: ModelView | None, view: ModelView, revision: int
+) -> ModelStatusEvent | None:
+    """The event that replacing ``previous`` by ``view`` (at KV ``revision``) carries; None if no change."""
+    if not status_changed(previous, view):
+        return None
+    return ModelStatusEvent(
+        model=model,
+        status=view.status,
+        previous=previous.status if previous is not None else None,
+        error=view.error,
+        error_message=view.error_message,
+        ready_workers=sum(w.status is ModelStatus.READY for w in view.workers),
+        workers=len(view.workers),
+        revision=revision,
+        at=view.changed_at,
+    )
+
+
+class SnapshotComplete(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /v1/models/events``: the snapshot has been sent: ``models`` views, as of ``revision``."""
+
+    models: int
+    revision: int
+
+
+class ModelRemoved(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /v1/models/events``: the model is no longer in the registry's views (as of ``revision``)."""
+
+    model: str
+    revision: int

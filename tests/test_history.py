@@ -7,6 +7,8 @@ provider, and the official ``openai`` SDK as the client. Each test writes its ow
 from __future__ import annotations
 
 import json
+import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -18,6 +20,7 @@ import httpx
 import msgspec
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from schemas.status import ModelStatus
 from schemas.subjects import event_subject
@@ -44,6 +47,12 @@ COLUMNS = (
     "task, component, model, worker_id, trace_id, span_id, parent_span_id, outcome, status_code, "
     "error_code, input, captured_output, tokens_in, tokens_out, execution_duration_ms, labels"
 )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _table() -> str:
@@ -164,18 +173,19 @@ async def test_real_requests_leave_linked_spans_and_the_history_answers_nsql(
         async with nsql_stack(nats_server.url, config, nsql_engine, tmp_path, keep_history=True) as stack:
             model_worker = stack.workers[0].worker_id
             client = stack.client(default_headers={"traceparent": f"00-{TRACE}-{PARENT}-01"})
-            question = [{"role": "user", "content": "What is the capital of France?"}]
+            question: list[ChatCompletionMessageParam] = [
+                {"role": "user", "content": "What is the capital of France?"}
+            ]
             upstream.upstream.behaviour = Behaviour(reply="Paris is the capital.")
-            done = await client.chat.completions.create(model="gpt-4.1", messages=question)  # type: ignore[arg-type]
+            done = await client.chat.completions.create(model="gpt-4.1", messages=question)
             assert done.usage is not None
             stream = await client.chat.completions.create(
-                model="gpt-4.1", messages=question, stream=True,  # type: ignore[arg-type]
-                stream_options={"include_usage": True},
-            )  # fmt: skip
+                model="gpt-4.1", messages=question, stream=True, stream_options={"include_usage": True}
+            )
             streamed = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
             upstream.upstream.behaviour = Behaviour(fail_status=500)
             with pytest.raises(openai.APIStatusError) as failed:
-                await client.chat.completions.create(model="gpt-4.1", messages=question)  # type: ignore[arg-type]
+                await client.chat.completions.create(model="gpt-4.1", messages=question)
             assert failed.value.status_code == 502
 
             ingress = await rows_when(nsql_engine, table, "component = 'ingress'", 3)
@@ -286,3 +296,53 @@ def test_modelbus_up_runs_a_sink_only_where_no_nsql_worker_keeps_the_history(tmp
         path.write_text(text)
         children = Launcher(parse_config(text, {}), path).children("nats://127.0.0.1:4222")
         assert [c.name for c in children] == expected, extra
+
+
+async def test_with_modelbus_up_the_nsql_worker_keeps_the_history_and_answers_from_it(tmp_path: Path) -> None:
+    """The deployment path: `modelbus up`, every part its own process, the NSQL worker's own engine."""
+    port = _free_port()
+    async with UpstreamServer() as upstream:
+        config = tmp_path / "modelbus.yaml"
+        config.write_text(
+            FAST_RUNTIME + f"  http: {{port: {port}}}\n  state_dir: state\n"
+            "  history: {flush_interval: 0.1}\n"
+            "models:\n  - name: gpt-4.1\n    from: openai:gpt-4.1\n    datasets: [task_history]\n"
+            f"    params: {{endpoint: '{upstream.url}', api_key: sk-test, recheck_initial: 0.1}}\n"
+            "datasets:\n  - name: task_history\n    from: history:task_history\n"
+        )
+        with service(modelbus_argv("up", "--config", str(config)), tmp_path / "up.log") as up:
+            base = f"http://127.0.0.1:{port}"
+            async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+
+                async def ready() -> bool:
+                    try:
+                        answer = await http.get("/v1/models/gpt-4.1", params={"status": "true"})
+                    except httpx.TransportError:
+                        return False
+                    return answer.status_code == 200 and answer.json()["status"] == "ready"
+
+                await eventually(ready, timeout=90)
+                client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0)
+                question: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]
+                await client.chat.completions.create(model="gpt-4.1", messages=question)
+                upstream.upstream.behaviour = Behaviour(fail_status=500)
+                for _ in range(2):
+                    with pytest.raises(openai.APIStatusError):
+                        await client.chat.completions.create(model="gpt-4.1", messages=question)
+                await client.close()
+                sql = (
+                    "SELECT model, countIf(outcome = 'error') AS failures FROM task_history "
+                    "WHERE task = 'chat' GROUP BY model ORDER BY failures DESC LIMIT 1"
+                )
+                upstream.upstream.behaviour = Behaviour(reply=json.dumps({"sql": sql}))
+
+                async def failures() -> list[Any] | None:
+                    query = {"query": "Which model failed most today?", "datasets": ["task_history"]}
+                    answer = await http.post("/v1/nsql", json=query)
+                    rows = answer.json() if answer.status_code == 200 else None
+                    return rows if rows and rows[0]["failures"] == 2 else None
+
+                assert await eventually(failures, timeout=60) == [{"model": "gpt-4.1", "failures": 2}]
+            up.proc.send_signal(signal.SIGTERM)
+            assert up.proc.wait(60) == 0
+        assert '"child":"history"' not in up.log_text()  # the NSQL worker kept it: no sink of its own

@@ -7,14 +7,13 @@ import pytest
 
 from schemas.heartbeat import Goodbye, Heartbeat, ModelInfo
 from schemas.status import ErrorCategory, ErrorInfo, ErrorType, ModelStatus
-from schemas.views import ModelView
+from schemas.views import ModelView, status_changed
 from services.registry.table import (
     WorkerTable,
     aggregate,
     compute_view,
     content,
     stamp,
-    status_changed,
 )
 
 MODEL = "qwen2.5-coder"

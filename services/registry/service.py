@@ -46,9 +46,9 @@ from nats.js.kv import KeyValue
 from schemas.heartbeat import Goodbye, Heartbeat, ModelInfo, worker_report_decoder
 from schemas.status import ModelStatus
 from schemas.subjects import HEARTBEAT_WILDCARD, decode_token, encode_token, event_subject, heartbeat_subject
-from schemas.views import ModelStatusEvent, ModelView
+from schemas.views import ModelView, status_changed, status_event
 from services.config import Config
-from services.registry.table import WorkerTable, compute_view, content, stamp, status_changed
+from services.registry.table import WorkerTable, compute_view, content, stamp
 from services.runtime.jetstream import ensure_events_stream, model_views
 
 __all__ = ("Registry",)
@@ -374,7 +374,8 @@ class Registry:
         self._known[model] = _Entry(record, revision)
         self._dirty.discard(model)
         self._deferred.pop(model, None)
-        if not status_changed(previous, record):
+        event = status_event(model, previous, record, revision)
+        if event is None:
             log.debug("model.view.written", model=model, revision=revision, workers=len(record.workers))
             return
         error_code = record.error.code if record.error is not None else None
@@ -386,17 +387,6 @@ class Registry:
             error_message=record.error_message,
             previous=previous.status.value if previous is not None else None,
             revision=revision,
-        )
-        event = ModelStatusEvent(
-            model=model,
-            status=record.status,
-            previous=previous.status if previous is not None else None,
-            error=record.error,
-            error_message=record.error_message,
-            ready_workers=sum(w.status is ModelStatus.READY for w in record.workers),
-            workers=len(record.workers),
-            revision=revision,
-            at=record.changed_at,
         )
         if len(self._events) >= _MAX_PENDING_EVENTS:
             dropped = self._events.popleft()

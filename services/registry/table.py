@@ -27,7 +27,6 @@ __all__ = (
     "content",
     "info_of",
     "stamp",
-    "status_changed",
 )
 
 TIMEOUT = ErrorInfo.of(ErrorCategory.WORKER, ErrorType.TIMEOUT)
@@ -226,12 +225,3 @@ def stamp(view: ModelView, previous: ModelView | None, now: float) -> ModelView:
     created = previous.created if previous is not None and previous.created else int(now)
     ever_ready = (previous is not None and previous.ever_ready) or view.status is ModelStatus.READY
     return msgspec.structs.replace(view, created=created, ever_ready=ever_ready, changed_at=now)
-
-
-def status_changed(previous: ModelView | None, view: ModelView) -> bool:
-    """Whether replacing ``previous`` by ``view`` is a status change (an event): status or error code."""
-    if previous is None:
-        return True
-    code = view.error.code if view.error is not None else None
-    previous_code = previous.error.code if previous.error is not None else None
-    return (previous.status, previous_code) != (view.status, code)
