@@ -33,6 +33,7 @@ class ChatRequest(
     reply_to: str
     deadline: float  # unix seconds; a worker never starts a request past it
     traceparent: str | None = None
+    submitted_at: float = 0.0  # unix seconds when it was queued (0: unknown); a worker logs the wait
 
 
 class _Reply(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):

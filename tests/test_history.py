@@ -208,6 +208,7 @@ async def test_real_requests_leave_linked_spans_and_the_history_answers_nsql(
                 parent = parents[completion["parent_span_id"]]
                 assert completion["trace_id"] == TRACE and completion["worker_id"] == model_worker
                 assert completion["outcome"] == ("error" if parent is failing else "ok")
+                assert float(completion["labels"]["queued_ms"]) >= 0  # the wait between ingress and worker
             status = await rows_when(nsql_engine, table, "task = 'model_status' AND model = 'gpt-4.1'", 1)
             assert status[-1]["captured_output"].endswith("-> ready")
 

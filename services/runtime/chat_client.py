@@ -154,7 +154,8 @@ class ChatDispatcher:
         timeout: float | None = None,
     ) -> PendingChat:
         """Queue the request for ``model``'s workers. Raises QueueFull or BusUnavailable."""
-        deadline = time.time() + (timeout or self.settings.request_timeout)
+        now = time.time()
+        deadline = now + (timeout or self.settings.request_timeout)
         request = ChatRequest(
             request_id=request_id,
             model=model,
@@ -164,6 +165,7 @@ class ChatDispatcher:
             reply_to=self.reply_subject(request_id),
             deadline=deadline,
             traceparent=traceparent,
+            submitted_at=now,
         )
         receive = await self.enqueue(chat_subject(model), _encoder.encode(request), request_id=request_id)
         return PendingChat(self, request_id, receive, deadline)

@@ -249,6 +249,7 @@ class ChatConsumer:
             error_code=observed.error_code,
             committed=active.committed,
             duration_ms=round((time.monotonic() - started) * 1000, 2),
+            queued_ms=_queued_ms(request, started),
         )
         if observed.outcome == "handed_back":
             return
@@ -266,7 +267,7 @@ class ChatConsumer:
             output=observed.output(),
             tokens_in=usage.prompt_tokens if usage else None,
             tokens_out=usage.completion_tokens if usage else None,
-            labels={"stream": "true"} if request.stream else None,
+            labels=_labels(request, started),
         )
 
     async def _answer(self, request: ChatRequest, active: _Active) -> None:
@@ -307,6 +308,22 @@ class ChatConsumer:
                     await active.msg.in_progress()  # not answered yet: JetStream must not redeliver it
                 elif now - active.reply.last_sent >= self.settings.keepalive:
                     await active.reply.keepalive()  # answering: the ingress must not give up on us
+
+
+def _labels(request: ChatRequest, started: float) -> dict[str, str]:
+    labels = {"stream": "true"} if request.stream else {}
+    queued = _queued_ms(request, started)
+    if queued is not None:
+        labels["queued_ms"] = str(queued)
+    return labels
+
+
+def _queued_ms(request: ChatRequest, started: float) -> float | None:
+    """How long the request waited between the ingress and this worker (clocks across machines must agree)."""
+    if not request.submitted_at:
+        return None
+    began = time.time() - (time.monotonic() - started)
+    return round(max(0.0, began - request.submitted_at) * 1000, 2)
 
 
 SHUTDOWN = ProviderError(503, "the model worker shut down while answering", code="worker_shutdown")
