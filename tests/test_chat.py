@@ -6,11 +6,12 @@ import json
 
 import anyio
 import httpx
+import msgspec
 import openai
 import pytest
 
 from services.runtime.embedded_nats import EmbeddedNats
-from tests.support.stack import running_stack, stand_in_config
+from tests.support.stack import Stack, running_stack, stand_in_config
 from tests.support.upstream import Behaviour, UpstreamServer
 
 MESSAGES = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hello!"}]
@@ -278,3 +279,47 @@ async def test_a_revoked_key_turns_the_model_to_error_until_it_works_again(nats_
             assert view["error"]["code"] == "model.auth"
             upstream.upstream.behaviour = Behaviour()
             await stack.wait_ready()  # re-checked with backoff, and back on its own
+
+
+async def test_requests_queued_for_a_model_that_turns_error_get_503_at_once_and_never_run(
+    nats_server: EmbeddedNats,
+) -> None:
+    async with UpstreamServer() as upstream:
+        config = stand_in_config(upstream.url, model_params="capacity: 1")
+        chat = msgspec.structs.replace(config.runtime.chat, error_grace=0.3)
+        config = msgspec.structs.replace(config, runtime=msgspec.structs.replace(config.runtime, chat=chat))
+        async with running_stack(nats_server.url, config) as stack:
+            await _queued_requests_get_503(stack, upstream)
+
+
+async def _queued_requests_get_503(stack: Stack, upstream: UpstreamServer) -> None:
+    """One request takes the only slot and gets a 401 that turns the model to error; two wait behind it."""
+    await stack.wait_ready()
+    client = stack.client()
+    upstream.upstream.behaviour = Behaviour(delay_s=1.0, fail_status=401, fail_message="key revoked")
+    outcomes: dict[str, BaseException] = {}
+
+    async def ask(label: str) -> None:
+        messages = [{"role": "user", "content": f"request {label}"}]
+        try:
+            await client.chat.completions.create(model="gpt-4.1", messages=messages)  # type: ignore[arg-type]
+        except openai.APIStatusError as exc:
+            outcomes[label] = exc
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ask, "first")
+        with anyio.fail_after(10):  # the one slot is taken: the next request waits in the queue
+            while not any("request first" in json.dumps(r.body) for r in upstream.upstream.requests):
+                await anyio.sleep(0.02)
+        tg.start_soon(ask, "second")
+        tg.start_soon(ask, "third")
+    assert isinstance(outcomes["first"], openai.AuthenticationError)
+    for queued in ("second", "third"):  # not the 504 of a 30 s deadline: the model said it cannot serve
+        error = outcomes[queued]
+        assert error.status_code == 503, error
+        assert error.body["code"] == "model_not_ready" and "model.auth" in error.body["message"]  # type: ignore[index]
+    upstream.upstream.behaviour = Behaviour()
+    await stack.wait_ready()  # recovered: the cancelled requests are skipped, not answered late
+    await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)  # type: ignore[arg-type]
+    bodies = [json.dumps(r.body) for r in upstream.upstream.requests]
+    assert not any("request second" in b or "request third" in b for b in bodies)

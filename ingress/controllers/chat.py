@@ -23,6 +23,7 @@ from litestar.response import Stream
 
 from ingress.disconnect import unless_disconnected
 from ingress.errors import ApiError, error_body, error_spec, model_not_ready
+from ingress.model_watch import ModelFailed, give_up_when_failed
 from ingress.openapi import operation_with_content
 from ingress.request_task import RequestTask
 from ingress.view_store import ModelViewStore
@@ -32,7 +33,13 @@ from schemas.status import ModelStatus
 from services.config import ChatSettings
 from services.history.recorder import TaskRecorder
 from services.history.summaries import chat_input, completion_output, stream_piece
-from services.runtime.chat_client import BusUnavailable, ChatDispatcher, PendingChat, QueueFull, ReplyLost
+from services.runtime.chat_client import (
+    BusUnavailable,
+    ChatDispatcher,
+    PendingChat,
+    QueueFull,
+    ReplyLost,
+)
 
 __all__ = ("chat_router",)
 
@@ -116,6 +123,8 @@ def _bus_error(exc: Exception, model: str, settings: ChatSettings) -> ApiError:
         return ApiError(504, "The request timed out before a worker answered", code="timeout")
     if isinstance(exc, ReplyLost):
         return ApiError(502, f"The worker answering stopped: {exc}", code="worker_lost")
+    if isinstance(exc, ModelFailed):
+        return model_not_ready(model, exc.view)
     return ApiError(
         503,
         "The message bus is unavailable; retry shortly",
@@ -232,13 +241,14 @@ def chat_router(
                 stream=stream,
                 include_usage=include_usage,
                 traceparent=task.traceparent,
+                give_up=give_up_when_failed(views, data.model, grace=settings.error_grace),
             )
         except (QueueFull, BusUnavailable) as exc:
             raise _bus_error(exc, data.model, settings) from exc
         try:
             first = await unless_disconnected(request, pending.next)
-        except (TimeoutError, ReplyLost) as exc:
-            await pending.close(cancel=True)
+        except (TimeoutError, ReplyLost, ModelFailed) as exc:
+            await pending.close(cancel=True)  # a queued request is then never started
             raise _bus_error(exc, data.model, settings) from exc
         except BaseException:
             with anyio.CancelScope(shield=True):

@@ -81,6 +81,9 @@ class ChatSettings(_Section, frozen=True):
     max_deliver: PositiveInt = 5
     keepalive: Seconds = 1.0  # how often a busy worker says it is alive to the ingress
     retry_after: PositiveInt = 1  # the Retry-After a 429 carries
+    # a request waiting in the queue (no worker holds it) whose model has been `error` this long gets the 503
+    # a new request would get; `loading` (a worker restarting) is waited for until the deadline
+    error_grace: Annotated[float, msgspec.Meta(ge=0)] = 5.0
 
 
 class ClickHouseSettings(_Section, frozen=True):

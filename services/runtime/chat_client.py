@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from types import TracebackType
 
 import anyio
@@ -27,7 +28,7 @@ from schemas.subjects import cancel_subject, chat_subject
 from services.config import ChatSettings
 from services.runtime.jetstream import ensure_chat_stream
 
-__all__ = ("BusUnavailable", "ChatDispatcher", "PendingChat", "QueueFull", "ReplyLost")
+__all__ = ("BusUnavailable", "ChatDispatcher", "GiveUp", "PendingChat", "QueueFull", "ReplyLost")
 
 log = structlog.get_logger(__name__)
 _encoder = msgspec.json.Encoder()
@@ -36,6 +37,10 @@ BUFFERED_REPLIES = 4096
 # JetStream's "maximum messages per subject exceeded" (the per-model queue bound, discard-new)
 QUEUE_FULL_CODES = frozenset({10077})
 SILENT_KEEPALIVES = 4  # a committed worker silent this many keepalive intervals is presumed dead
+GIVE_UP_CHECK_S = 0.5  # how often a request still waiting for a worker asks whether to stop waiting
+
+GiveUp = Callable[[], BaseException | None]
+"""Asked while a request waits for its first answer: an exception to raise instead of waiting on, or None."""
 
 
 class QueueFull(Exception):
@@ -59,11 +64,14 @@ class PendingChat:
         request_id: str,
         receive: MemoryObjectReceiveStream[bytes],
         deadline: float,
+        give_up: GiveUp | None = None,
     ) -> None:
         self._dispatcher = dispatcher
         self.request_id = request_id
         self._receive = receive
         self.deadline = deadline
+        self._give_up = give_up
+        self._worked_on: float | None = None  # when a worker last said it holds this request
         self.worker_id: str | None = None
         self._next_seq = 0
         self.finished = False
@@ -75,7 +83,8 @@ class PendingChat:
             if self.worker_id is not None and reply.worker_id != self.worker_id:
                 continue  # a late duplicate delivery answered too: only the first worker that answered counts
             if isinstance(reply, ChatKeepalive):
-                continue  # a sign of life (it does not bind: only an answer commits a worker)
+                self._worked_on = time.monotonic()  # a worker holds it (a sign of life; only an answer binds)
+                continue
             self.worker_id = reply.worker_id
             if reply.seq != self._next_seq:
                 raise ReplyLost(
@@ -86,17 +95,31 @@ class PendingChat:
 
     async def _receive_one(self) -> bytes:
         keepalive = self._dispatcher.settings.keepalive
-        remaining = self.deadline - time.time()
-        if remaining <= 0:
-            raise TimeoutError
-        # before a worker has answered, the request may wait in the queue until its deadline;
-        # once one has, it must keep talking
-        wait = remaining if self.worker_id is None else min(remaining, keepalive * SILENT_KEEPALIVES)
-        with anyio.move_on_after(wait):
-            return await self._receive.receive()
-        if self.worker_id is not None and self.deadline > time.time():
-            raise ReplyLost(f"worker {self.worker_id} stopped answering")
-        raise TimeoutError
+        while True:
+            remaining = self.deadline - time.time()
+            if remaining <= 0:
+                raise TimeoutError
+            # before a worker has answered, the request may wait in the queue until its deadline (or until
+            # ``give_up`` says there is no point); once one has, it must keep talking
+            if self.worker_id is not None:
+                wait = min(remaining, keepalive * SILENT_KEEPALIVES)
+            else:
+                wait = remaining if self._give_up is None else min(remaining, GIVE_UP_CHECK_S)
+            with anyio.move_on_after(wait):
+                return await self._receive.receive()
+            if self.worker_id is not None and self.deadline > time.time():
+                raise ReplyLost(f"worker {self.worker_id} stopped answering")
+            if self.worker_id is None and self._give_up is not None and not self._held(keepalive):
+                reason = self._give_up()
+                if reason is not None:
+                    raise reason
+
+    def _held(self, keepalive: float) -> bool:
+        """Whether a worker has said recently that it holds this request (then it is not given up: a
+        draining worker finishes what it holds, even after it has left the registry)."""
+        return (
+            self._worked_on is not None and time.monotonic() - self._worked_on < keepalive * SILENT_KEEPALIVES
+        )
 
     async def close(self, *, cancel: bool) -> None:
         """Stop routing replies here; tell the worker to stop when the client did not get the whole answer."""
@@ -152,8 +175,14 @@ class ChatDispatcher:
         include_usage: bool,
         traceparent: str | None,
         timeout: float | None = None,
+        give_up: GiveUp | None = None,
     ) -> PendingChat:
-        """Queue the request for ``model``'s workers. Raises QueueFull or BusUnavailable."""
+        """Queue the request for ``model``'s workers. Raises QueueFull or BusUnavailable.
+
+        ``give_up`` is asked every ``GIVE_UP_CHECK_S`` while no worker has answered or said it holds the
+        request; what it returns is raised by :meth:`PendingChat.next` (the caller then cancels the request,
+        so it is never started).
+        """
         now = time.time()
         deadline = now + (timeout or self.settings.request_timeout)
         request = ChatRequest(
@@ -168,7 +197,7 @@ class ChatDispatcher:
             submitted_at=now,
         )
         receive = await self.enqueue(chat_subject(model), _encoder.encode(request), request_id=request_id)
-        return PendingChat(self, request_id, receive, deadline)
+        return PendingChat(self, request_id, receive, deadline, give_up)
 
     def reply_subject(self, request_id: str) -> str:
         """Where replies to ``request_id`` must go to come back to this process."""

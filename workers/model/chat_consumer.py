@@ -306,8 +306,15 @@ class ChatConsumer:
             for active in list(self._active.values()):
                 if not active.committed:
                     await active.msg.in_progress()  # not answered yet: JetStream must not redeliver it
+                    await active.reply.keepalive()  # and the ingress knows a worker holds it
                 elif now - active.reply.last_sent >= self.settings.keepalive:
                     await active.reply.keepalive()  # answering: the ingress must not give up on us
+
+    async def announce_held(self) -> None:
+        """Tell each ingress now that this worker holds its requests: sent before the goodbye, so that a
+        request this draining worker will still finish is not given up when the model leaves the view."""
+        for active in list(self._active.values()):
+            await active.reply.keepalive()
 
 
 def _labels(request: ChatRequest, started: float) -> dict[str, str]:

@@ -111,6 +111,7 @@ class ModelWorker:
         """Take no new requests, leave the registry, and let running ones finish (bounded by the grace)."""
         for consumer in self.consumers:
             consumer.stop_intake()
+            await consumer.announce_held()
         await self.runtime.goodbye()
         with anyio.move_on_after(self.config.runtime.shutdown_grace, shield=True) as scope:
             for consumer in self.consumers:
