@@ -95,7 +95,8 @@ class ViewListener:
 class ModelViewStore:
     """An async context manager holding ``{model_id: ModelView}``, current with the KV bucket.
 
-    ``initialized`` turns true once the first view has arrived and stays true. ``version`` grows with every
+    ``initialized`` turns true once the first view has arrived (with ``expect_models=False``, for a
+    configuration without models, once the first replay has ended) and stays true. ``version`` grows with every
     change that readers can see, so they may cache whatever they derive from the views.
     """
 
@@ -107,8 +108,10 @@ class ModelViewStore:
         retry_initial_s: float = 0.2,
         retry_max_s: float = 5.0,
         stop_timeout_s: float = 2.0,
+        expect_models: bool = True,
     ) -> None:
         self._nc = nc
+        self._expect_models = expect_models
         self._idle_check_s = idle_check_s
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
@@ -320,7 +323,7 @@ class ModelViewStore:
     def _changed(self) -> None:
         self._sorted = None
         self._version += 1
-        if self._views and not self._initialized:
+        if (self._views or not self._expect_models) and not self._initialized:
             self._initialized = True
             log.info("views.initialized", models=len(self._views))
 

@@ -17,7 +17,7 @@ from ingress.server import IngressServer
 from schemas.status import ErrorCategory, ErrorInfo, ErrorType, ModelStatus
 from schemas.subjects import encode_token
 from schemas.views import ModelView
-from services.config import AuthSettings, Config, HttpSettings, RuntimeSettings
+from services.config import AuthSettings, Config, HttpSettings, ModelConfig, RuntimeSettings
 from services.runtime.jetstream import model_views
 
 T = TypeVar("T")
@@ -53,12 +53,14 @@ SORTED_IDS = ["gpt-4o-mini", "org/llama-3.1", "qwen2.5-coder"]
 
 
 def ingress_config(*api_keys: str) -> Config:
+    """An ingress's configuration with one model, so that it waits for the registry's first view."""
     return Config(
         runtime=RuntimeSettings(
             http=HttpSettings(host="127.0.0.1", port=0),
             auth=AuthSettings(api_keys=api_keys),
             shutdown_grace=2.0,
-        )
+        ),
+        models=(ModelConfig(name="qwen2.5-coder", from_="local:qwen2.5-coder-0.5b-instruct"),),
     )
 
 

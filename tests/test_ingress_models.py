@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import openai
 import pytest
 from nats.aio.client import Client
 
+from ingress.server import IngressServer
 from schemas.status import ModelStatus
 from schemas.subjects import encode_token
 from schemas.views import ModelView
@@ -27,6 +29,7 @@ from tests.ingress_helpers import (
     VIEWS,
     Running,
     eventually,
+    ingress_config,
     listed_ids,
     put_view,
     running_ingress,
@@ -391,3 +394,19 @@ async def test_store_follows_the_bucket_across_a_nats_restart(nats_server: Embed
             return await listed_ids(ingress.http) == [GPT.id]
 
         await eventually(qwen_gone)
+
+
+async def test_a_configuration_without_models_lists_none_instead_of_not_initialized(nc: Client) -> None:
+    """No model will ever report, so waiting for the first view would answer 500 forever."""
+    config = msgspec.structs.replace(ingress_config(), models=())
+    async with IngressServer(config, nc) as server, httpx.AsyncClient(base_url=server.url) as http:
+
+        async def answered() -> bool:  # 500 App not initialized only until the first replay of the views
+            return await listed_ids(http) is not None
+
+        await eventually(answered, timeout=10)
+        assert await listed_ids(http) == []
+        as_csv = await http.get("/v1/models", params={"format": "csv"})
+        assert as_csv.status_code == 200 and as_csv.text.splitlines()[0].startswith("id,object,owned_by")
+        missing = await http.get("/v1/models/qwen2.5-coder")
+        assert missing.status_code == 404
