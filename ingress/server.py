@@ -103,7 +103,8 @@ class IngressServer:
             sock = _bind(self._host, self._requested_port)  # first, so a busy port fails plainly and at once
             stack.callback(sock.close)
             self._port = int(sock.getsockname()[1])
-            self._views = await stack.enter_async_context(ModelViewStore(self._nc, expect_models=bool(self._config.models)))
+            views = ModelViewStore(self._nc, expect_models=bool(self._config.models))
+            self._views = await stack.enter_async_context(views)
             self._chat = await stack.enter_async_context(ChatDispatcher(self._nc, self._config.runtime.chat))
             await ensure_nsql_stream(self._nc.jetstream(), self._config.runtime.nsql)
             recorder = TaskRecorder(

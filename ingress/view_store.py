@@ -96,8 +96,8 @@ class ModelViewStore:
     """An async context manager holding ``{model_id: ModelView}``, current with the KV bucket.
 
     ``initialized`` turns true once the first view has arrived (with ``expect_models=False``, for a
-    configuration without models, once the first replay has ended) and stays true. ``version`` grows with every
-    change that readers can see, so they may cache whatever they derive from the views.
+    configuration without models, once the first replay has ended) and stays true. ``version`` grows with
+    every change that readers can see, so they may cache whatever they derive from the views.
     """
 
     def __init__(
