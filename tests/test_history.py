@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from schemas.views import ModelStatusEvent
 from services.config import Config, HistorySettings, parse_config
 from services.history.recorder import TaskRecorder
 from services.history.sink import HistorySink
+from services.history.table import ensure_history_table
 from services.history.tracing import start_span
 from services.launcher import Launcher
 from services.runtime.embedded_nats import EmbeddedNats
@@ -38,6 +40,7 @@ from tests.support.processes import ServiceProcess, modelbus_argv, service
 from tests.support.stack import FAST_RUNTIME, nsql_stack
 from tests.support.upstream import Behaviour, UpstreamServer
 from workers.nsql.clickhouse import ClickHouse
+from workers.nsql.names import TableRef
 
 __all__ = ("nsql_engine",)
 
@@ -347,3 +350,34 @@ async def test_with_modelbus_up_the_nsql_worker_keeps_the_history_and_answers_fr
             up.proc.send_signal(signal.SIGTERM)
             assert up.proc.wait(60) == 0
         assert '"child":"history"' not in up.log_text()  # the NSQL worker kept it: no sink of its own
+
+
+async def test_a_batch_clickhouse_refuses_is_given_up_and_the_sink_goes_on(
+    nats_server: EmbeddedNats, nc: Any, nsql_engine: ClickHouse
+) -> None:
+    table = _table()
+    settings = _settings(table)
+    recorder = TaskRecorder(nc, settings, component="tester")
+    await recorder.prepare()
+    ref = f"modelbus.{table}"
+
+    async def burst(label: str) -> None:
+        for i in range(5):
+            await recorder.record(start_span(None), task=label, started_at=1.0 + i, outcome="ok")
+
+    async with HistorySink(nc, nsql_engine, settings, consumer=f"sink-{table}") as sink:
+        # an operator broke the table: every insert of the sink's columns is refused
+        admin_rows(nsql_engine, f"DROP TABLE {ref}")
+        admin_rows(nsql_engine, f"CREATE TABLE {ref} (x UInt8) ENGINE = Memory")
+        await burst("refused")
+
+        async def given_up() -> bool:
+            return sink.skipped == 5
+
+        await eventually(given_up, timeout=30)
+        assert sink.failed_writes >= 3
+        admin_rows(nsql_engine, f"DROP TABLE {ref}")
+        nsql_engine.admin(partial(ensure_history_table, table=TableRef("modelbus", table)))
+        await burst("after")
+        written = await rows_when(nsql_engine, table, "task = 'after'", 5)
+    assert len(written) == 5 and not rows(nsql_engine, table, "task = 'refused'")
