@@ -84,6 +84,15 @@ def _settings(table: str, **changes: Any) -> HistorySettings:
     return msgspec.structs.replace(HistorySettings(table=table, flush_interval=0.1), **changes)
 
 
+async def _recording(nc: Any) -> tuple[str, HistorySettings, TaskRecorder]:
+    """A table of the test's own, its settings, and a recorder whose stream is ready."""
+    table = _table()
+    settings = _settings(table)
+    recorder = TaskRecorder(nc, settings, component="tester")
+    await recorder.prepare()
+    return table, settings, recorder
+
+
 async def test_the_sink_writes_spans_and_status_changes_and_keeps_what_record_allows(
     nats_server: EmbeddedNats, nc: Any, nsql_engine: ClickHouse
 ) -> None:
@@ -133,10 +142,7 @@ async def test_the_sink_writes_spans_and_status_changes_and_keeps_what_record_al
 async def test_a_sink_that_restarts_loses_nothing_and_writes_nothing_twice(
     nats_server: EmbeddedNats, nc: Any, nsql_engine: ClickHouse
 ) -> None:
-    table = _table()
-    settings = _settings(table)
-    recorder = TaskRecorder(nc, settings, component="tester")
-    await recorder.prepare()
+    table, settings, recorder = await _recording(nc)
 
     async def burst(first: int, count: int) -> None:
         for i in range(first, first + count):
@@ -355,10 +361,7 @@ async def test_with_modelbus_up_the_nsql_worker_keeps_the_history_and_answers_fr
 async def test_a_batch_clickhouse_refuses_is_given_up_and_the_sink_goes_on(
     nats_server: EmbeddedNats, nc: Any, nsql_engine: ClickHouse
 ) -> None:
-    table = _table()
-    settings = _settings(table)
-    recorder = TaskRecorder(nc, settings, component="tester")
-    await recorder.prepare()
+    table, settings, recorder = await _recording(nc)
     ref = f"modelbus.{table}"
 
     async def burst(label: str) -> None:
