@@ -26,7 +26,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from schemas.status import ModelStatus
 from schemas.subjects import event_subject
 from schemas.views import ModelStatusEvent
-from services.config import Config, HistorySettings, parse_config
+from services.config import Config, HistorySettings, NatsSettings, parse_config
 from services.history.recorder import TaskRecorder
 from services.history.sink import HistorySink
 from services.history.table import ensure_history_table
@@ -34,6 +34,7 @@ from services.history.tracing import start_span
 from services.launcher import Launcher
 from services.runtime.embedded_nats import EmbeddedNats
 from services.runtime.jetstream import ensure_events_stream
+from services.runtime.nats_client import connected
 from tests.ingress_helpers import eventually
 from tests.support.nsql_fixtures import admin_rows, nsql_engine
 from tests.support.processes import ServiceProcess, modelbus_argv, service
@@ -384,3 +385,26 @@ async def test_a_batch_clickhouse_refuses_is_given_up_and_the_sink_goes_on(
         await burst("after")
         written = await rows_when(nsql_engine, table, "task = 'after'", 5)
     assert len(written) == 5 and not rows(nsql_engine, table, "task = 'refused'")
+
+
+async def test_the_sink_goes_on_after_nats_restarts(
+    nats_server: EmbeddedNats, nsql_engine: ClickHouse
+) -> None:
+    settings = NatsSettings(url=nats_server.url, connect_timeout=2)
+    async with (
+        connected(settings, nats_server.url, name="sink") as sink_nc,
+        connected(settings, nats_server.url, name="recorder") as nc,
+    ):
+        table, history, recorder = await _recording(nc)
+        async with HistorySink(sink_nc, nsql_engine, history, consumer=f"sink-{table}") as sink:
+            await recorder.record(start_span(None), task="before", started_at=1.0, outcome="ok")
+            await rows_when(nsql_engine, table, "task = 'before'", 1)
+            await nats_server.restart()
+
+            async def recorded_after() -> bool:  # published once both clients are back
+                await recorder.record(start_span(None), task="after", started_at=2.0, outcome="ok")
+                return recorder.published >= 2 and nc.is_connected
+
+            await eventually(recorded_after, timeout=30)
+            await rows_when(nsql_engine, table, "task = 'after'", 1)
+        assert sink.written >= 2
