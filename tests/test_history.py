@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from functools import partial
 from pathlib import Path
@@ -408,3 +409,21 @@ async def test_the_sink_goes_on_after_nats_restarts(
             await eventually(recorded_after, timeout=30)
             await rows_when(nsql_engine, table, "task = 'after'", 1)
         assert sink.written >= 2
+
+
+async def test_rows_older_than_keep_days_are_dropped(
+    nats_server: EmbeddedNats, nc: Any, nsql_engine: ClickHouse
+) -> None:
+    table = _table()
+    settings = _settings(table, keep_days=7)
+    recorder = TaskRecorder(nc, settings, component="tester")
+    await recorder.prepare()
+    now = time.time()
+    for task, age_days in (("old", 30), ("recent", 1)):
+        await recorder.record(start_span(None), task=task, started_at=now - age_days * 86400, outcome="ok")
+    async with HistorySink(nc, nsql_engine, settings, consumer=f"sink-{table}"):
+        await rows_when(nsql_engine, table, "1", 2)  # written: the TTL acts when parts merge
+    admin_rows(nsql_engine, f"OPTIMIZE TABLE modelbus.{table} FINAL")
+    assert [r["task"] for r in rows(nsql_engine, table)] == ["recent"]
+    [[create]] = admin_rows(nsql_engine, f"SHOW CREATE TABLE modelbus.{table}")
+    assert "TTL" in create and "toIntervalDay(7)" in create

@@ -142,6 +142,7 @@ class HistorySettings(_Section, frozen=True):
     record: Literal["none", "truncated", "full"] = "truncated"
     max_chars: PositiveInt = 200
     table: str = "task_history"  # in runtime.clickhouse.database
+    keep_days: Annotated[int, msgspec.Meta(ge=0)] = 30  # rows older than this are dropped (0: kept forever)
     batch_size: PositiveInt = 1000
     flush_interval: Seconds = 1.0
     retention: Seconds = 7 * 24 * 3600.0

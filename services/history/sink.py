@@ -108,7 +108,9 @@ class HistorySink:
         js = self.nc.jetstream()
         await ensure_tasks_stream(js, self.settings)
         await ensure_events_stream(js)
-        await self.engine.run_admin(partial(ensure_history_table, table=self.table))
+        await self.engine.run_admin(
+            partial(ensure_history_table, table=self.table, keep_days=self.settings.keep_days)
+        )
         subs = []
         for feed in _FEEDS:
             config = history_consumer_config(

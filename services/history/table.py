@@ -47,23 +47,29 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
 
 
-def create_statement(table_sql: str) -> str:
-    """``CREATE TABLE IF NOT EXISTS`` for ``table_sql`` (an already quoted ``db.table``)."""
+def create_statement(table_sql: str, *, keep_days: int = 0) -> str:
+    """``CREATE TABLE IF NOT EXISTS`` for ``table_sql`` (an already quoted ``db.table``).
+
+    Rows older than ``keep_days`` (0: none) are dropped as parts merge; a table that exists keeps the TTL it
+    was made with (change it with ``ALTER TABLE ... MODIFY TTL``).
+    """
     columns = ",\n    ".join(f"`{name}` {type_}" for name, type_ in COLUMNS)
+    ttl = f"TTL toDateTime(start_time) + INTERVAL {int(keep_days)} DAY\n" if keep_days > 0 else ""
     return (
         f"CREATE TABLE IF NOT EXISTS {table_sql} (\n    {columns}\n)\n"
         "ENGINE = ReplacingMergeTree\n"
         "PARTITION BY toYYYYMM(start_time)\n"
         "ORDER BY (toDate(start_time), task, span_id)\n"
+        f"{ttl}"
         "COMMENT 'modelbus task history: one row per request, completion, text-to-SQL task and model "
         "status change'"
     )
 
 
-def ensure_history_table(client: Any, table: TableRef) -> None:
+def ensure_history_table(client: Any, table: TableRef, *, keep_days: int = 0) -> None:
     """Create the table if it is not there (blocking; ``client`` is a clickhouse-connect client)."""
     client.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(table.database)}")
-    client.command(create_statement(table.sql))
+    client.command(create_statement(table.sql, keep_days=keep_days))
 
 
 def _time(seconds: float) -> datetime:

@@ -180,14 +180,18 @@ def _positive_int(config: DatasetConfig, key: str, default: int) -> int:
 
 
 async def load_datasets(
-    engine: ClickHouse, configs: Sequence[DatasetConfig], *, base_dir: Path | None = None
+    engine: ClickHouse,
+    configs: Sequence[DatasetConfig],
+    *,
+    base_dir: Path | None = None,
+    history_keep_days: int = 0,
 ) -> list[Dataset]:
     """Make every configured dataset ready, one after the other, in a worker thread. Never raises for a
-    dataset's own problem: that dataset comes back with status ``error``."""
+    dataset's own problem: that dataset comes back with status ``error``. A ``history:`` table created here
+    gets ``history_keep_days`` as its TTL."""
     base = base_dir or Path.cwd()
-    return [
-        await engine.run_admin(partial(_load, engine, config=config, base_dir=base)) for config in configs
-    ]
+    load = partial(_load, engine, base_dir=base, history_keep_days=history_keep_days)
+    return [await engine.run_admin(partial(load, config=config)) for config in configs]
 
 
 def load_dataset(engine: ClickHouse, config: DatasetConfig, *, base_dir: Path | None = None) -> Dataset:
@@ -195,7 +199,9 @@ def load_dataset(engine: ClickHouse, config: DatasetConfig, *, base_dir: Path | 
     return engine.admin(partial(_load, engine, config=config, base_dir=base_dir or Path.cwd()))
 
 
-def _load(engine: ClickHouse, client: Any, *, config: DatasetConfig, base_dir: Path) -> Dataset:
+def _load(
+    engine: ClickHouse, client: Any, *, config: DatasetConfig, base_dir: Path, history_keep_days: int = 0
+) -> Dataset:
     log_ = log.bind(dataset=config.name, source=config.from_)
     try:
         source = parse_source(config, base_dir=base_dir)
@@ -204,7 +210,8 @@ def _load(engine: ClickHouse, client: Any, *, config: DatasetConfig, base_dir: P
         elif isinstance(source, FileSource):
             table, rows = _load_file(engine, client, config.name, source)
         elif isinstance(source, HistorySource):
-            ensure_history_table(client, TableRef(engine.settings.database, source.table))
+            table_ref = TableRef(engine.settings.database, source.table)
+            ensure_history_table(client, table_ref, keep_days=history_keep_days)
             table, rows = _existing_table(client, ClickHouseSource(source.table, engine.settings.database))
         else:
             table, rows = _load_sample(engine, client, config.name, source)

@@ -168,7 +168,12 @@ class NsqlWorker:
         )  # fmt: skip
 
     async def _prepare_datasets(self, engine: ClickHouse) -> None:
-        loaded = await load_datasets(engine, self.config.datasets, base_dir=self.config_dir)
+        loaded = await load_datasets(
+            engine,
+            self.config.datasets,
+            base_dir=self.config_dir,
+            history_keep_days=self.config.runtime.history.keep_days,
+        )
         self.datasets = [await self._describe(engine, d) if d.ready else d for d in loaded]
         for dataset in self.datasets:
             if dataset.name in self.schemas:
