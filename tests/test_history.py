@@ -39,7 +39,7 @@ from services.runtime.nats_client import connected
 from tests.ingress_helpers import eventually
 from tests.support.nsql_fixtures import admin_rows, nsql_engine
 from tests.support.processes import ServiceProcess, modelbus_argv, service
-from tests.support.stack import FAST_RUNTIME, nsql_stack
+from tests.support.stack import FAST_RUNTIME, nsql_stack, srv_stats
 from tests.support.upstream import Behaviour, UpstreamServer
 from workers.nsql.clickhouse import ClickHouse
 from workers.nsql.names import TableRef
@@ -83,7 +83,8 @@ async def rows_when(engine: ClickHouse, table: str, where: str, count: int) -> l
 
 
 def _settings(table: str, **changes: Any) -> HistorySettings:
-    return msgspec.structs.replace(HistorySettings(table=table, flush_interval=0.1), **changes)
+    # keep_days 0: the tests write events from long ago, which a TTL would drop at once
+    return msgspec.structs.replace(HistorySettings(table=table, flush_interval=0.1, keep_days=0), **changes)
 
 
 async def _recording(nc: Any) -> tuple[str, HistorySettings, TaskRecorder]:
@@ -176,7 +177,7 @@ def _system_config(endpoint: str, table: str) -> Config:
 
 
 async def test_real_requests_leave_linked_spans_and_the_history_answers_nsql(
-    nats_server: EmbeddedNats, nsql_engine: ClickHouse, tmp_path: Path
+    nats_server: EmbeddedNats, nc: Any, nsql_engine: ClickHouse, tmp_path: Path
 ) -> None:
     table = _table()
     async with UpstreamServer() as upstream:
@@ -241,6 +242,12 @@ async def test_real_requests_leave_linked_spans_and_the_history_answers_nsql(
             assert text_to_sql["parent_span_id"] == nsql["span_id"] and text_to_sql["captured_output"]
             asked = await rows_when(nsql_engine, table, f"parent_span_id = '{text_to_sql['span_id']}'", 1)
             assert asked[0]["task"] == "ai_completion"
+            # and the workers say so in $SRV.STATS
+            model_history = (await srv_stats(nc, "modelbus-model-worker"))["history"]
+            assert model_history["published"] >= 4 and model_history["dropped"] == 0
+            nsql_history = (await srv_stats(nc, "modelbus-nsql-worker"))["history"]
+            assert nsql_history["recorder"]["published"] >= 1
+            assert nsql_history["sink"]["written"] >= 8 and nsql_history["sink"]["skipped"] == 0
 
 
 async def test_history_off_publishes_nothing(nats_server: EmbeddedNats, nc: Any) -> None:
@@ -271,7 +278,9 @@ async def test_modelbus_history_runs_on_its_own_and_resumes_after_a_restart(
 ) -> None:
     table = _table()
     config_path = tmp_path / "modelbus.yaml"
-    config_path.write_text(FAST_RUNTIME + f"  history: {{table: {table}, flush_interval: 0.1}}\n")
+    config_path.write_text(
+        FAST_RUNTIME + f"  history: {{table: {table}, flush_interval: 0.1, keep_days: 0}}\n"
+    )
     config = parse_config(config_path.read_text(), {})
     recorder = TaskRecorder(nc, config.runtime.history, component="tester")
     await recorder.prepare()

@@ -9,7 +9,6 @@ after the client has read it), never timed.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.config import Config, parse_config
 from services.runtime.embedded_nats import EmbeddedNats
 from tests.support.nsql_fixtures import nsql_engine
-from tests.support.stack import FAST_RUNTIME, nsql_stack, running_stack, stand_in_config
+from tests.support.stack import FAST_RUNTIME, nsql_stack, running_stack, srv_stats, stand_in_config
 from tests.support.upstream import Behaviour, UpstreamServer
 from workers.nsql.clickhouse import ClickHouse
 
@@ -74,13 +73,6 @@ async def wait_ready(client: openai.AsyncOpenAI, model: str = MODEL) -> None:
         return bool(found.model_extra and found.model_extra.get("status") == "ready")
 
     await until(ready, timeout=30)
-
-
-async def srv_stats(nc: Client, service: str) -> dict[str, Any]:
-    """The ``data`` of ``$SRV.STATS.<service>`` (every endpoint carries the same; one instance runs)."""
-    reply = await nc.request(f"$SRV.STATS.{service}", b"", timeout=2)
-    data: dict[str, Any] = json.loads(reply.data)["endpoints"][0]["data"]
-    return data
 
 
 async def model_stats(nc: Client) -> dict[str, Any]:

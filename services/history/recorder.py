@@ -48,6 +48,10 @@ class TaskRecorder:
         """Whether prompts and answers are recorded at all (worth collecting them)."""
         return self.settings.enabled and self.settings.record != "none"
 
+    def stats(self) -> dict[str, int]:
+        """For ``$SRV.STATS``: events published, and dropped while NATS was unreachable."""
+        return {"published": self.published, "dropped": self.dropped}
+
     async def prepare(self) -> None:
         """Make sure the stream exists, so that no event published before a sink starts is lost."""
         if self.settings.enabled:

@@ -104,6 +104,16 @@ class HistorySink:
         self._tg: anyio.abc.TaskGroup | None = None
         self._subs: list[JetStreamContext.PullSubscription] = []
 
+    def stats(self) -> dict[str, object]:
+        """For ``$SRV.STATS``: rows written, write failures (retried), events given up, and where."""
+        return {
+            "table": str(self.table),
+            "consumer": self.consumer,
+            "written": self.written,
+            "failed_writes": self.failed_writes,
+            "skipped": self.skipped,
+        }
+
     async def __aenter__(self) -> HistorySink:
         js = self.nc.jetstream()
         await ensure_tasks_stream(js, self.settings)

@@ -3,11 +3,13 @@ connection."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -141,3 +143,10 @@ async def nsql_stack(
         finally:
             for client in running.clients:
                 await client.close()
+
+
+async def srv_stats(nc: Client, service: str) -> dict[str, Any]:
+    """The ``data`` of ``$SRV.STATS.<service>`` (every endpoint carries the same; one instance runs)."""
+    reply = await nc.request(f"$SRV.STATS.{service}", b"", timeout=2)
+    data: dict[str, Any] = json.loads(reply.data)["endpoints"][0]["data"]
+    return data

@@ -63,6 +63,7 @@ class ModelWorker:
             models=[p.state for p in self.providers.values()],
             heartbeat=config.runtime.heartbeat,
             worker_id=worker_id,
+            extra_stats=lambda: {"history": self.recorder.stats()},
         )
         self._stack = AsyncExitStack()
         self._tg: anyio.abc.TaskGroup | None = None

@@ -88,6 +88,7 @@ class NsqlWorker:
         self._keep_history = keep_history
         self._data_dir: Path | None = None
         self.history: HistorySink | None = None
+        self._recorder: TaskRecorder | None = None
         self.datasets: list[Dataset] = []
         self.schemas: dict[str, TableSchema] = {}
         self.runtime = WorkerRuntime(
@@ -129,13 +130,19 @@ class NsqlWorker:
         ready = self.ready_info()
         counters = self.consumer.stats if self.consumer is not None else NsqlStats()
         datasets = {d.name: {"status": d.status, "error_code": d.error_code} for d in ready.datasets}
+        history: dict[str, Any] = {}
+        if self._recorder is not None:
+            history["recorder"] = self._recorder.stats()
+        if self.history is not None:
+            history["sink"] = self.history.stats()
         return {
             "nsql": {
                 "capacity": ready.capacity,
                 "in_flight": ready.in_flight,
                 **counters.as_dict(),
                 "datasets": datasets,
-            }
+            },
+            "history": history,
         }
 
     async def _open_engine(self, stack: AsyncExitStack) -> ClickHouse:
@@ -254,7 +261,7 @@ class NsqlWorker:
                 settings=self.config.runtime.nsql,
                 max_reply_bytes=self.nc.max_payload,
             )
-            recorder = TaskRecorder(
+            recorder = self._recorder = TaskRecorder(
                 self.nc, self.config.runtime.history, component="nsql_worker", worker_id=self.worker_id
             )
             await recorder.prepare()
