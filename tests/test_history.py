@@ -25,7 +25,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from schemas.status import ModelStatus
-from schemas.subjects import event_subject
+from schemas.subjects import TASKS_STREAM, event_subject
 from schemas.views import ModelStatusEvent
 from services.config import Config, HistorySettings, NatsSettings, parse_config
 from services.history.recorder import TaskRecorder
@@ -107,7 +107,8 @@ async def test_the_sink_writes_spans_and_status_changes_and_keeps_what_record_al
     }
     for recorder in recorders.values():
         await recorder.prepare()
-    # events published before any sink runs wait in the stream
+    async with HistorySink(nc, nsql_engine, _settings(table), consumer=f"sink-{table}"):
+        pass  # the sink's consumer now exists: what is published while the sink is away waits for it
     for record, recorder in recorders.items():
         await recorder.record(
             start_span(f"00-{TRACE}-{PARENT}-01"), task="chat", started_at=1_700_000_000.0, outcome="ok",
@@ -141,6 +142,11 @@ async def test_the_sink_writes_spans_and_status_changes_and_keeps_what_record_al
     assert ready["captured_output"] == "loading -> ready" and ready["model"] == "m"
     assert ready["component"] == "registry" and ready["labels"]["revision"] == "7"
 
+    async def tasks_stream_empty() -> bool:  # a buffer, not an archive: written events leave the stream
+        return (await js.stream_info(TASKS_STREAM)).state.messages == 0
+
+    await eventually(tasks_stream_empty)
+
 
 async def test_a_sink_that_restarts_loses_nothing_and_writes_nothing_twice(
     nats_server: EmbeddedNats, nc: Any, nsql_engine: ClickHouse
@@ -153,10 +159,10 @@ async def test_a_sink_that_restarts_loses_nothing_and_writes_nothing_twice(
                 start_span(None), task="chat", started_at=1.0 + i, outcome="ok", request_id=str(i)
             )
 
-    await burst(0, 50)
     async with HistorySink(nc, nsql_engine, settings, consumer=f"sink-{table}"):
+        await burst(0, 50)
         await rows_when(nsql_engine, table, "1", 50)
-    await burst(50, 50)  # while no sink runs
+    await burst(50, 50)  # while the sink is away: its consumer keeps them
     async with HistorySink(nc, nsql_engine, settings, consumer=f"sink-{table}"):
         await rows_when(nsql_engine, table, "1", 100)
         await anyio.sleep(0.5)  # a redelivery, if any, would land now
@@ -285,15 +291,23 @@ async def test_modelbus_history_runs_on_its_own_and_resumes_after_a_restart(
     recorder = TaskRecorder(nc, config.runtime.history, component="tester")
     await recorder.prepare()
     argv = modelbus_argv("history", "--config", str(config_path), "--nats-url", nats_server.url)
-    for run in range(2):  # the second run starts where the first stopped
+
+    async def burst(run: int) -> None:
         for i in range(20):
             await recorder.record(start_span(None), task=f"run{run}", started_at=1.0 + i, outcome="ok")
+
+    for run in range(2):  # the second run's events are published while no sink runs, and wait for it
+        if run == 1:
+            await burst(run)
         with service(argv, tmp_path / f"history-{run}.log") as sink:
 
-            async def written(sink: ServiceProcess = sink) -> bool:
-                return '"rows":20' in sink.log_text()
+            async def logged(text: str, sink: ServiceProcess = sink) -> bool:
+                return text in sink.log_text()
 
-            await eventually(written, timeout=60)
+            if run == 0:
+                await eventually(partial(logged, "history.sink_started"), timeout=60)
+                await burst(run)
+            await eventually(partial(logged, '"rows":20'), timeout=60)
             assert sink.terminate() == 0
     assert _chdb_count(tmp_path / ".modelbus" / "history" / "0", table) == '"run0",20\n"run1",20'
 
@@ -343,6 +357,11 @@ async def test_with_modelbus_up_the_nsql_worker_keeps_the_history_and_answers_fr
                     return answer.status_code == 200 and answer.json()["status"] == "ready"
 
                 await eventually(ready, timeout=90)
+
+                async def keeping() -> bool:  # what happens before a sink's consumer first exists is not kept
+                    return "history.sink_started" in up.log_text()
+
+                await eventually(keeping, timeout=60)
                 client = openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0)
                 question: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]
                 await client.chat.completions.create(model="gpt-4.1", messages=question)
@@ -428,9 +447,11 @@ async def test_rows_older_than_keep_days_are_dropped(
     recorder = TaskRecorder(nc, settings, component="tester")
     await recorder.prepare()
     now = time.time()
-    for task, age_days in (("old", 30), ("recent", 1)):
-        await recorder.record(start_span(None), task=task, started_at=now - age_days * 86400, outcome="ok")
     async with HistorySink(nc, nsql_engine, settings, consumer=f"sink-{table}") as sink:
+        for task, age_days in (("old", 30), ("recent", 1)):
+            await recorder.record(
+                start_span(None), task=task, started_at=now - age_days * 86400, outcome="ok"
+            )
         await rows_when(nsql_engine, table, "task = 'recent'", 1)
 
         async def both_written() -> bool:

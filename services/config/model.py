@@ -133,9 +133,9 @@ class HistorySettings(_Section, frozen=True):
     """Task history: every request and model status change as a row of ClickHouse's ``task_history``.
 
     ``record`` says what of prompts and answers is kept: ``none``, the first ``max_chars`` characters
-    (``truncated``), or all of it (``full``). Events wait on the ``MODELBUS_TASKS`` stream (up to
-    ``retention`` seconds and ``max_bytes``) until a sink writes them, in batches of up to ``batch_size``
-    or every ``flush_interval`` seconds.
+    (``truncated``), or all of it (``full``). Events wait on the ``MODELBUS_TASKS`` stream until every sink
+    has written them, in batches of up to ``batch_size`` or every ``flush_interval`` seconds; while sinks
+    are away, up to ``retention`` seconds and ``max_bytes``.
     """
 
     enabled: bool = True

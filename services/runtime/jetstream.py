@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import structlog
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -43,6 +44,7 @@ __all__ = (
     "nsql_consumer_config",
 )
 
+log = structlog.get_logger(__name__)
 EVENTS_MAX_AGE_S = 7 * 24 * 3600
 EVENTS_PER_SUBJECT = 10_000
 DEDUPE_WINDOW_S = 10.0
@@ -167,18 +169,23 @@ def nsql_consumer_config(ack_wait: float, max_deliver: int) -> ConsumerConfig:
 
 
 async def ensure_tasks_stream(js: JetStreamContext, settings: HistorySettings) -> None:
-    """The stream behind ``modelbus.v1.tasks.>``: task events wait here, bounded by age and size, until
-    a history sink has written them (the sink's consumer acknowledges them; nothing else removes them)."""
+    """The stream behind ``modelbus.v1.tasks.>``: each task event waits here until every history sink's
+    consumer has written it (interest retention), bounded by age and size while sinks are away. It is a
+    buffer, not an archive: ClickHouse keeps the history. Events made before any sink's consumer existed
+    are not kept."""
     config = StreamConfig(
         name=TASKS_STREAM,
         subjects=[TASKS_WILDCARD],
-        retention=RetentionPolicy.LIMITS,
+        retention=RetentionPolicy.INTEREST,
         storage=StorageType.FILE,
         max_age=settings.retention,
         max_bytes=settings.max_bytes,
         discard=DiscardPolicy.OLD,
     )
-    await _add_or_update(js, config)
+    try:
+        await _add_or_update(js, config)
+    except BadRequestError as exc:  # e.g. a stream made by an older version, whose retention cannot change
+        log.warning("jetstream.tasks_stream_kept", stream=TASKS_STREAM, reason=str(exc)[:200])
 
 
 def history_consumer_config(durable: str, subject: str, *, ack_wait: float) -> ConsumerConfig:
