@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import uuid
 from contextlib import AsyncExitStack
-from functools import partial
 from pathlib import Path
 from types import TracebackType
 
-import anyio
 import msgspec
 from nats.aio.client import Client
 
 from services.config import Config
 from services.history.sink import HistorySink
 from workers.nsql.clickhouse import ClickHouse
-from workers.nsql.datadir import claim_data_dir
+from workers.nsql.datadir import open_engine
 
 __all__ = ("HistoryService", "embedded_sink")
 
@@ -59,13 +57,8 @@ class HistoryService:
         async with AsyncExitStack() as stack:
             runtime = self.config.runtime
             settings = msgspec.structs.replace(runtime.clickhouse, readers=1)  # it only writes
-            data_dir: Path | None = None
-            if settings.embedded:
-                claim = claim_data_dir((self.config_dir / runtime.state_dir / "history").resolve())
-                stack.callback(claim.release)
-                data_dir = claim.path
-            engine = await anyio.to_thread.run_sync(partial(ClickHouse.open, settings, data_dir=data_dir))
-            stack.callback(engine.close)
+            base = (self.config_dir / runtime.state_dir / "history").resolve()
+            engine, data_dir = await open_engine(stack, settings, base=base)
             if data_dir is not None:
                 sink = embedded_sink(self.nc, engine, self.config, data_dir)
             else:

@@ -63,8 +63,6 @@ class NsqlConsumer:
         self.capacity = settings.capacity
         self.ack_wait = ack_wait
         self.cancellations = cancellations
-        self.requests = 0
-        self.failures = 0
         self.stats = NsqlStats()  # for $SRV.STATS
         self._active: dict[str, Msg] = {}
         self._config = nsql_consumer_config(ack_wait, settings.max_deliver)
@@ -113,7 +111,6 @@ class NsqlConsumer:
                     "nsql.request", outcome="skipped", reason="deadline passed or cancelled while queued"
                 )
                 return
-            self.requests += 1
             handled: Handled | None = None
             outcome = "ok"
             with anyio.CancelScope() as client_scope:
@@ -140,14 +137,12 @@ class NsqlConsumer:
                 finally:
                     self._active.pop(request.request_id, None)
                     self.cancellations.forget(request.request_id)
-                    if outcome != "ok":
-                        self.failures += 1
                     final = "cancelled" if client_scope.cancel_called else outcome
                     self.stats.record(final, handled, time.monotonic() - started)
                     reply = handled.reply if handled is not None else None
                     bound.info(
                         "nsql.request",
-                        outcome="cancelled" if client_scope.cancel_called else outcome,
+                        outcome=final,
                         status=reply.status if reply else None,
                         error_code=reply.error_code if reply else None,
                         attempts=reply.attempts if reply else None,

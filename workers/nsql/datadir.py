@@ -11,10 +11,17 @@ from __future__ import annotations
 
 import fcntl
 import os
+from contextlib import AsyncExitStack
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ("DataDirClaim", "claim_data_dir")
+import anyio
+
+from services.config import ClickHouseSettings
+from workers.nsql.clickhouse import ClickHouse
+
+__all__ = ("DataDirClaim", "claim_data_dir", "open_engine")
 
 
 class DataDirClaim:
@@ -52,3 +59,18 @@ def claim_data_dir(base: Path, *, slots: int = 64) -> DataDirClaim:
         path.mkdir(exist_ok=True)
         return DataDirClaim(path, fd)
     raise RuntimeError(f"all {slots} ClickHouse data directories under {base} are in use")
+
+
+async def open_engine(
+    stack: AsyncExitStack, settings: ClickHouseSettings, *, base: Path
+) -> tuple[ClickHouse, Path | None]:
+    """Open the engine ``settings`` name (in a worker thread); embedded, on a directory claimed under
+    ``base``, returned with it. The engine is closed, and the claim released, when ``stack`` closes."""
+    data_dir: Path | None = None
+    if settings.embedded:
+        claim = claim_data_dir(base)
+        stack.callback(claim.release)
+        data_dir = claim.path
+    engine = await anyio.to_thread.run_sync(partial(ClickHouse.open, settings, data_dir=data_dir))
+    stack.callback(engine.close)
+    return engine, data_dir

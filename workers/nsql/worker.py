@@ -17,7 +17,6 @@ running requests finish within ``runtime.shutdown_grace`` and hands back the res
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
-from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -42,7 +41,7 @@ from workers.model.cancellation import Cancellations
 from workers.nsql.clickhouse import ClickHouse
 from workers.nsql.consumer import NsqlConsumer
 from workers.nsql.context import TableSchema, describe_dataset
-from workers.nsql.datadir import claim_data_dir
+from workers.nsql.datadir import open_engine
 from workers.nsql.datasets import Dataset, load_datasets
 from workers.nsql.executor import Executor
 from workers.nsql.handler import NsqlHandler
@@ -148,14 +147,8 @@ class NsqlWorker:
     async def _open_engine(self, stack: AsyncExitStack) -> ClickHouse:
         if self._given_engine is not None:
             return self._given_engine
-        settings = self.config.runtime.clickhouse
-        data_dir: Path | None = None
-        if settings.embedded:
-            claim = claim_data_dir(data_dir_base(self.config, self.config_dir))
-            stack.callback(claim.release)
-            data_dir = self._data_dir = claim.path
-        engine = await anyio.to_thread.run_sync(partial(ClickHouse.open, settings, data_dir=data_dir))
-        stack.callback(engine.close)
+        base = data_dir_base(self.config, self.config_dir)
+        engine, self._data_dir = await open_engine(stack, self.config.runtime.clickhouse, base=base)
         return engine
 
     def _history_sink(self, engine: ClickHouse) -> HistorySink | None:
