@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ("Usage", "chat_input", "completion_output", "completion_usage", "stream_piece")
+__all__ = ("Usage", "chat_input", "completion_output", "stream_piece")
 
 
 class Usage(msgspec.Struct, frozen=True):
@@ -70,10 +70,6 @@ def completion_output(data: bytes) -> tuple[str, Usage | None]:
         return "", None
     message = completion.choices[0].message if completion.choices else None
     return (message.content or "" if message else ""), completion.usage
-
-
-def completion_usage(data: bytes) -> Usage | None:
-    return completion_output(data)[1]
 
 
 def stream_piece(data: bytes) -> tuple[str, Usage | None]:
