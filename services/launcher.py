@@ -7,30 +7,94 @@ NSQL worker when datasets are configured, the history sink (unless that NSQL wor
 its embedded engine), and the ingress; a process that dies is restarted with backoff.
 SIGINT or SIGTERM stops them in reverse order (the ingress first), each within a bounded time, and then
 the server.
+
+The ingress starts once the registry has written, for every configured model, a view that lists a worker
+(or after ``REPORT_WAIT_S``): the views in the bucket outlive a run, and until then ``/v1/models`` would
+show the last run's, after a clean stop an ``error`` "the last worker serving this model shut down".
 """
 
 from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 import anyio
 import anyio.abc
 import httpx
+import msgspec
+import nats.errors
 import structlog
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
 
+from schemas.subjects import encode_token
+from schemas.views import ModelView
 from services.config import Config
 from services.runtime.embedded_nats import EmbeddedNats
+from services.runtime.jetstream import model_views
 from services.runtime.lifecycle import wait_for_signal
+from services.runtime.nats_client import NatsAuthError, connected
 
-__all__ = ("Launcher",)
+__all__ = ("Launcher", "Reports")
 
 log = structlog.get_logger(__name__)
 
 RESTART_MAX_BACKOFF = 30.0
 HEALTHY_RUN = 60.0
+REPORT_WAIT_S = 30.0  # the longest the ingress waits for the model workers' first reports
+_REPORT_POLL_S = 0.1
+_NATS_ERRORS = (nats.errors.Error, TimeoutError, OSError, NatsAuthError)
+
+
+class Reports:
+    """Whether the registry has heard from a worker of each model since :meth:`mark`.
+
+    A view the registry wrote after the mark that lists a worker was computed from that worker's heartbeats:
+    the view the last run left for the model is gone.
+    """
+
+    def __init__(self, kv: KeyValue, models: Sequence[str]) -> None:
+        self._kv = kv
+        self._models = {encode_token(m): m for m in models}
+        self._marks: dict[str, int] = {}
+        self._decoder = msgspec.json.Decoder(ModelView)
+        self.pending = sorted(models)
+
+    async def mark(self) -> None:
+        """Remember each model's revision now; only views written later count."""
+        for key in self._models:
+            entry = await self._entry(key)
+            self._marks[key] = entry[1] if entry is not None else 0
+
+    async def wait(self) -> None:
+        """Return once every model's view has been written since the mark and lists a worker."""
+        while True:
+            try:
+                self.pending = sorted([m for k, m in self._models.items() if not await self._reported(k)])
+            except _NATS_ERRORS as exc:  # a reconnect in progress: the next poll will do
+                log.debug("launcher.reports_unreadable", error=repr(exc))
+            if not self.pending:
+                return
+            await anyio.sleep(_REPORT_POLL_S)
+
+    async def _reported(self, key: str) -> bool:
+        entry = await self._entry(key)
+        if entry is None or entry[1] <= self._marks[key]:
+            return False
+        try:
+            return bool(self._decoder.decode(entry[0]).workers)
+        except msgspec.DecodeError:
+            return False
+
+    async def _entry(self, key: str) -> tuple[bytes, int] | None:
+        try:
+            entry = await self._kv.get(key)
+        except KeyNotFoundError:
+            return None
+        return entry.value or b"", entry.revision or 0
 
 
 class Child:
@@ -45,7 +109,7 @@ class Child:
 
     async def supervise(self) -> None:
         backoff = 1.0
-        while True:
+        while not self.stopping:  # stopped before it started (the ingress, still waiting for reports)
             self.process = await anyio.open_process(self.argv, stdin=None, stdout=None, stderr=None)
             log.info("launcher.started", child=self.name, pid=self.process.pid)
             started = anyio.current_time()
@@ -76,11 +140,19 @@ class Child:
 
 
 class Launcher:
-    def __init__(self, config: Config, config_path: Path, *, nats_url: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        config_path: Path,
+        *,
+        nats_url: str | None = None,
+        report_wait: float = REPORT_WAIT_S,
+    ) -> None:
         self.config = config
         self.config_path = config_path
         self.state_dir = (config_path.parent / config.runtime.state_dir).resolve()
         self._nats_url = nats_url
+        self._report_wait = report_wait
 
     def _argv(self, *command: str, url: str) -> list[str]:
         return [
@@ -126,8 +198,10 @@ class Launcher:
                 stack.callback(published.unlink, missing_ok=True)
             url = url or self.config.runtime.nats.url
             children = self.children(url)
+            *services, ingress = children
             async with anyio.create_task_group() as tg:
-                for child in children:
+                await tg.start(self._serve, ingress, url, name=ingress.name)  # marks the bucket first
+                for child in services:
                     tg.start_soon(child.supervise, name=child.name)
                 tg.start_soon(self._announce)
                 signum = await wait_for_signal()
@@ -136,6 +210,49 @@ class Launcher:
                     await child.stop()
                 tg.cancel_scope.cancel()
         log.info("launcher.stopped")
+
+    async def _serve(
+        self, ingress: Child, url: str, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Start the ingress once the registry has heard from every model's worker (see the module).
+
+        Started before any other child, so that the views it waits for are written by this run.
+        """
+        async with AsyncExitStack() as stack:
+            reports = await self._reports(stack, url)
+            task_status.started()
+            if reports is not None:
+                await self._wait_reported(reports)
+        await ingress.supervise()
+
+    async def _reports(self, stack: AsyncExitStack, url: str) -> Reports | None:
+        """The models' revisions now, on a connection kept in ``stack``; None if NATS does not answer."""
+        models = [m.name for m in self.config.models]
+        if not models:
+            return None
+        # bounded by about one connection attempt: every child waits for this (and signals too)
+        with anyio.move_on_after(min(self._report_wait, self.config.runtime.nats.connect_timeout + 1)):
+            try:
+                nc = await stack.enter_async_context(
+                    connected(self.config.runtime.nats, url, name="launcher")
+                )
+                reports = Reports(await model_views(nc.jetstream()), models)
+                await reports.mark()
+            except _NATS_ERRORS as exc:
+                log.warning("launcher.reports_unavailable", error=repr(exc))
+                return None
+            return reports
+        log.warning("launcher.reports_unavailable", error="timeout")
+        return None
+
+    async def _wait_reported(self, reports: Reports) -> None:
+        """Wait (bounded) for the reports; a model whose worker never reports is logged, not waited for."""
+        log.info("launcher.waiting_for_workers", models=reports.pending)
+        with anyio.move_on_after(self._report_wait):
+            await reports.wait()
+            log.info("launcher.workers_reported")
+            return
+        log.warning("launcher.workers_not_reported", models=reports.pending, waited_s=self._report_wait)
 
     async def _announce(self) -> None:
         """Tell the person who typed ``up`` where the API is, once it answers."""

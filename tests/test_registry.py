@@ -421,3 +421,63 @@ async def test_while_warming_a_ready_worker_is_shown_at_once(nc: Client) -> None
             view, _ = await wait_view(kv, status_is(ModelStatus.READY))
             assert registry.warming  # one ready worker is conclusive: no need to hear the others
     assert view.ever_ready is True
+
+
+async def said_goodbye(nc: Client, kv: KeyValue, *, interval: float) -> tuple[ModelView, int]:
+    """A run that ends as ``modelbus up`` stops: a worker was ready and said goodbye; the registry left."""
+    async with Registry(nc, config(interval=interval)):
+        async with worker(nc, "w-last-run", interval=interval) as state:
+            state.set_ready()
+            await wait_view(kv, status_is(ModelStatus.READY))
+        return await wait_view(kv, status_is(ModelStatus.ERROR, workers=0, code="worker.not_found"))
+
+
+async def test_after_a_restart_a_new_worker_replaces_the_last_runs_goodbye_at_once(nc: Client) -> None:
+    kv = await model_views(nc.jetstream())
+    slow = 60.0  # a warm-up of 75 s: only a write during the warm-up can show the new worker in time
+    gone, revision = await said_goodbye(nc, kv, interval=slow)
+    assert gone.error_message == "the last worker serving this model shut down"
+    events = await Events().start(nc, DeliverPolicy.NEW)
+    async with Registry(nc, config(interval=slow)) as registry, worker(nc, "w-new", interval=slow):
+        # the new worker reports `loading`: the bucket's "no worker" is disproved, whatever others say
+        view, new_revision = await wait_view(kv, status_is(ModelStatus.LOADING, workers=1))
+        assert registry.warming
+        got = await events.wait(1)
+    assert new_revision == revision + 1  # the very next write: no stale view in between
+    assert [w.worker_id for w in view.workers] == ["w-new"]
+    assert (view.created, view.ever_ready) == (gone.created, True)
+    assert [(e.status, e.previous, e.revision) for e in got[:1]] == [
+        (ModelStatus.LOADING, ModelStatus.ERROR, new_revision)
+    ]
+
+
+async def test_two_restarted_registries_show_the_new_worker_once(
+    nc: Client, nats_server: EmbeddedNats
+) -> None:
+    kv = await model_views(nc.jetstream())
+    slow = 60.0
+    _, revision = await said_goodbye(nc, kv, interval=slow)
+    events = await Events().start(nc, DeliverPolicy.NEW)
+    async with (
+        connected(NatsSettings(), nats_server.url, name="registry-2") as nc2,
+        Registry(nc, config(interval=slow)) as one,
+        Registry(nc2, config(interval=slow)) as two,
+        worker(nc, "w-new", interval=slow),
+    ):
+        view, new_revision = await wait_view(kv, status_is(ModelStatus.LOADING, workers=1))
+        await events.wait(1)
+        await anyio.sleep(5 * INTERVAL)  # time for a second write or event to show, if there were one
+        assert one.warming and two.warming
+        assert await read_view(kv) == (view, new_revision)
+        assert new_revision == revision + 1
+        assert [(e.status, e.previous) for e in events.items] == [(ModelStatus.LOADING, ModelStatus.ERROR)]
+
+
+async def test_a_restarted_registry_keeps_the_last_runs_goodbye_while_no_worker_reports(nc: Client) -> None:
+    kv = await model_views(nc.jetstream())
+    gone, revision = await said_goodbye(nc, kv, interval=INTERVAL)
+    async with Registry(nc, config()) as registry:
+        await wait_warm(registry)
+        await anyio.sleep(3 * INTERVAL)  # time for a spurious write to show, if there were one
+        # the workers are really gone: neither `loading` nor a rewrite of what the last registry concluded
+        assert await read_view(kv) == (gone, revision)

@@ -42,7 +42,9 @@ from schemas.status import ErrorCategory, ErrorInfo, ErrorType, ModelStatus
 from schemas.subjects import decode_token, encode_token, event_subject
 from schemas.views import ModelStatusEvent, ModelView
 from services.config import parse_config
+from services.registry import Registry
 from services.runtime.embedded_nats import EmbeddedNats
+from services.runtime.nats_client import connected
 from tests.ingress_helpers import GPT, QWEN, ingress_config, put_view, running_ingress, views_bucket
 from tests.support.processes import ServiceProcess, modelbus_argv, service
 from tests.support.stack import FAST_RUNTIME, running_stack
@@ -489,48 +491,56 @@ async def test_the_stream_reports_a_killed_worker_and_a_new_one(
 # -- the official NATS JavaScript client --------------------------------------------------------------------
 
 
+async def _printed(out: BufferedByteReceiveStream, status: str) -> dict[str, Any]:
+    """The next line the JS subscriber printed for an event to ``status``; the lines before it are skipped."""
+    with anyio.fail_after(WAIT_S):
+        while True:
+            printed: dict[str, Any] = json.loads(await out.receive_until(b"\n", 1 << 20))
+            if printed["data"]["status"] == status:
+                return printed
+
+
 @pytest.mark.skipif(NODE is None, reason="node is not on PATH: this test runs the official nats JS client")
 async def test_the_official_nats_js_client_sees_a_killed_worker(
     nats_server: EmbeddedNats, tmp_path: Path
 ) -> None:
+    """The JS client subscribes before anything runs, so it sees the model turn ready itself; only then is
+    the worker killed, and the next error it sees is the registry noticing the silence."""
     assert NODE is not None
     js_package("nats", "package.json")
-    async with UpstreamServer() as upstream:
-        argv = _worker_argv(tmp_path, nats_server.url, upstream.url)
-        config = parse_config(_config_text(upstream.url), {})
-        with service(argv, tmp_path / "worker.log") as worker:
-            async with (
-                running_stack(nats_server.url, config, workers=0) as stack,
-                await anyio.open_process(
-                    [NODE, str(JS_DIR / "subscribe_status.mjs"), nats_server.url]
-                ) as node,
-            ):
-                try:
-                    await stack.wait_ready()
-                    assert node.stdout is not None and node.stderr is not None
-                    out = BufferedByteReceiveStream(node.stdout)
-                    err = BufferedByteReceiveStream(node.stderr)
-                    with anyio.fail_after(WAIT_S):
-                        line = await err.receive_until(b"\n", 4096)
-                    assert line == b"subscribed modelbus.v1.events.model.>", line
-
+    async with (
+        UpstreamServer() as upstream,
+        await anyio.open_process([NODE, str(JS_DIR / "subscribe_status.mjs"), nats_server.url]) as node,
+    ):
+        try:
+            assert node.stdout is not None and node.stderr is not None
+            out = BufferedByteReceiveStream(node.stdout)
+            err = BufferedByteReceiveStream(node.stderr)
+            with anyio.fail_after(WAIT_S):
+                line = await err.receive_until(b"\n", 4096)
+            assert line == b"subscribed modelbus.v1.events.model.>", line
+            config = parse_config(_config_text(upstream.url), {})
+            argv = _worker_argv(tmp_path, nats_server.url, upstream.url)
+            with service(argv, tmp_path / "worker.log") as worker:
+                async with (
+                    connected(config.runtime.nats, nats_server.url, name="registry") as nc,
+                    Registry(nc, config),
+                ):
+                    ready = await _printed(out, "ready")
                     _kill(worker)
-                    with anyio.fail_after(WAIT_S):
-                        while True:
-                            printed = json.loads(await out.receive_until(b"\n", 1 << 20))
-                            if printed["data"]["status"] == "error":
-                                break
-                finally:
-                    if node.returncode is None:
-                        node.send_signal(signal.SIGTERM)
-                        with anyio.fail_after(10):
-                            assert await node.wait() == 0
-    assert printed["subject"] == event_subject(MODEL)
+                    printed = await _printed(out, "error")
+        finally:
+            if node.returncode is None:
+                node.send_signal(signal.SIGTERM)
+                with anyio.fail_after(10):
+                    assert await node.wait() == 0
+    assert printed["subject"] == ready["subject"] == event_subject(MODEL)
     assert decode_token(printed["subject"].rsplit(".", 1)[1]) == MODEL
     event = msgspec.convert(printed["data"], ModelStatusEvent)  # the JS side read our wire Struct
     assert printed["data"]["type"] == "modelbus.v1.model_status"
     assert (event.model, event.previous, event.status) == (MODEL, ModelStatus.READY, ModelStatus.ERROR)
     assert event.error is not None and event.error.code == "worker.timeout"
+    assert event.revision > ready["data"]["revision"]
 
 
 # -- the AsyncAPI document -----------------------------------------------------------------------------------

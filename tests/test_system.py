@@ -10,14 +10,22 @@ from pathlib import Path
 
 import anyio
 import httpx
+import msgspec
 import nats.errors
 import openai
 import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
 
+from schemas.status import ModelStatus
+from schemas.subjects import encode_token, event_subject
+from schemas.views import ModelStatusEvent, ModelView
 from services.config import ConfigError, NatsSettings, parse_config
 from services.runtime.embedded_nats import EmbeddedNats
+from services.runtime.jetstream import ensure_events_stream, model_views
 from services.runtime.nats_client import connected
-from tests.support.processes import modelbus_argv, service, wait_http_ok
+from tests.support.processes import ServiceProcess, modelbus_argv, service, wait_http_ok
 from tests.support.stack import FAST_RUNTIME
 from tests.support.upstream import Behaviour, UpstreamServer
 
@@ -84,6 +92,77 @@ async def test_up_serves_the_local_model_and_an_upstream_then_stops_cleanly(tmp_
         with socket.socket() as s:  # the embedded nats-server is gone with it
             assert s.connect_ex(("127.0.0.1", nats_port)) != 0
         assert "serving the API on" in up.log_text()
+
+
+async def _first_answer_after_serving(up: ServiceProcess, port: int) -> dict[str, object]:
+    """The one model in the first ``/v1/models?status=true`` listing once ``up`` has said it serves."""
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        with anyio.fail_after(60):
+            while "serving the API on" not in up.log_text():
+                await anyio.sleep(0.05)
+            while (response := await http.get("/v1/models", params={"status": "true"})).status_code != 200:
+                assert response.json()["error"]["message"] == "App not initialized", response.text
+                await anyio.sleep(0.05)
+    [entry] = response.json()["data"]
+    assert isinstance(entry, dict)
+    return entry
+
+
+async def test_up_after_a_clean_stop_first_shows_the_new_worker_not_the_last_runs_goodbye(
+    nats_server: EmbeddedNats, nc: Client, tmp_path: Path
+) -> None:
+    """``up``, stop, ``up``: the bucket holds what the last run's worker left when it said goodbye. The first
+    listing after "serving" shows the new worker (``loading``), and the view went there straight from the
+    goodbye: no stale view in between."""
+    port = _free_port()
+    async with UpstreamServer() as upstream:
+        # the readiness probe hangs, so the worker stays `loading`; a warm-up of 37.5 s: only a view written
+        # on the new worker's first heartbeat can show it sooner
+        upstream.upstream.behaviour = Behaviour(delay_s=600)
+        config = tmp_path / "modelbus.yaml"
+        config.write_text(
+            "runtime:\n  heartbeat: {interval: 30}\n  shutdown_grace: 3\n  nats: {drain_timeout: 2}\n"
+            f"  http: {{port: {port}}}\n  history: {{enabled: false}}\n"
+            "models:\n  - name: gpt-4.1\n    from: openai:gpt-4.1\n"
+            f"    params: {{endpoint: '{upstream.url}', api_key: sk-test, check_timeout: 600}}\n"
+        )
+        argv = modelbus_argv("up", "--config", str(config), "--nats-url", nats_server.url)
+        kv = await model_views(nc.jetstream())
+        with service(argv, tmp_path / "up-1.log") as up:
+            assert (await _first_answer_after_serving(up, port))["status"] == "loading"
+            up.proc.send_signal(signal.SIGTERM)
+            assert up.proc.wait(60) == 0
+        entry = await kv.get(encode_token("gpt-4.1"))
+        gone = msgspec.json.decode(entry.value or b"", type=ModelView)
+        assert gone.error is not None and gone.error.code == "worker.not_found"
+        assert gone.error_message == "the last worker serving this model shut down"
+
+        events: list[ModelStatusEvent] = []
+
+        async def collect(msg: Msg) -> None:
+            events.append(msgspec.json.decode(msg.data, type=ModelStatusEvent))
+
+        await ensure_events_stream(nc.jetstream())
+        await nc.jetstream().subscribe(
+            event_subject("gpt-4.1"), cb=collect, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW
+        )
+        with service(argv, tmp_path / "up-2.log") as up:
+            first = await _first_answer_after_serving(up, port)
+            assert (first["status"], first["error"]) == ("loading", None), first
+            now = await kv.get(encode_token("gpt-4.1"))
+            with anyio.fail_after(30):
+                while not events:
+                    await anyio.sleep(0.05)
+            up.proc.send_signal(signal.SIGTERM)
+            assert up.proc.wait(60) == 0
+    view = msgspec.json.decode(now.value or b"", type=ModelView)
+    assert [w.status for w in view.workers] == [ModelStatus.LOADING]
+    assert now.revision == (entry.revision or 0) + 1  # the very next write after the goodbye's
+    assert (events[0].previous, events[0].status, events[0].revision) == (
+        ModelStatus.ERROR,
+        ModelStatus.LOADING,
+        now.revision,
+    )
 
 
 async def test_services_as_processes_a_killed_worker_turns_error_within_the_ttl(

@@ -13,8 +13,9 @@ Writes follow these rules so that a restart, or two registries at once, never ma
   (retrying at once could put back a view the other registry had just moved past);
 * only the registry whose write succeeded publishes the event, with ``Nats-Msg-Id: <key>:<revision>``;
 * after start it listens for 1.25 heartbeat intervals (each live worker beats once in that time) before it
-  rewrites a model the bucket already has (except to turn it
-  ``ready``: one ready worker is conclusive), so it never judges from half the workers.
+  rewrites a model the bucket already has, so it never judges from half the workers; except on news that
+  is conclusive whatever the other workers say: one ready worker (the model is ready), or any worker of a
+  model the bucket says has none left (a ``worker.*`` error with no workers, as the last run left it).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from schemas.status import ModelStatus
 from schemas.subjects import HEARTBEAT_WILDCARD, decode_token, encode_token, event_subject, heartbeat_subject
 from schemas.views import ModelView, status_changed, status_event
 from services.config import Config
-from services.registry.table import WorkerTable, compute_view, content, stamp
+from services.registry.table import WorkerTable, compute_view, content, stamp, workers_gone
 from services.runtime.jetstream import ensure_events_stream, model_views
 
 __all__ = ("Registry",)
@@ -260,13 +261,19 @@ class Registry:
         return content(known.view) if known is not None and known.view is not None else None
 
     def _held(self, model: str) -> bool:
-        """During the warm-up, a model the bucket had at start is only written to turn it ready."""
+        """During the warm-up, a model the bucket had at start is written only on conclusive news.
+
+        Hearing only some of the workers, the registry may write a model to turn it ready (one ready worker
+        is enough), or to show a worker of a model whose workers the bucket says are gone (any worker
+        disproves that). Anything else waits for the end of the warm-up.
+        """
         if self._warm or model not in self._baseline:
             return False
         view, known = self._computed.get(model), self._known.get(model)
-        if view is None or view.status is not ModelStatus.READY:
-            return True
-        return known is not None and known.view is not None and known.view.status is ModelStatus.READY
+        bucket = known.view if known is not None else None
+        if view is not None and view.status is ModelStatus.READY:
+            return bucket is not None and bucket.status is ModelStatus.READY
+        return view is None or not view.workers or bucket is None or not workers_gone(bucket)
 
     async def _flush(self) -> None:
         if not self._nc.is_connected:

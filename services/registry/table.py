@@ -27,6 +27,7 @@ __all__ = (
     "content",
     "info_of",
     "stamp",
+    "workers_gone",
 )
 
 TIMEOUT = ErrorInfo.of(ErrorCategory.WORKER, ErrorType.TIMEOUT)
@@ -209,10 +210,22 @@ def _unreported(
         return None
     if known is None:
         return _view(model, info, ModelStatus.ERROR, error=NOT_FOUND, message=NO_WORKER)
-    gone = known.status is ModelStatus.ERROR and not known.workers and known.error is not None
-    if gone and known.error is not None and known.error.category is ErrorCategory.WORKER:
+    if workers_gone(known):
         return content(known)
     return _view(model, info_of(known), ModelStatus.ERROR, error=NOT_FOUND, message=NO_WORKER)
+
+
+def workers_gone(view: ModelView) -> bool:
+    """The view says the model's workers are gone: a ``worker.*`` error that lists no worker.
+
+    A registry keeps such a view while no worker reports, and any worker's heartbeat disproves it.
+    """
+    return (
+        view.status is ModelStatus.ERROR
+        and not view.workers
+        and view.error is not None
+        and view.error.category is ErrorCategory.WORKER
+    )
 
 
 def content(view: ModelView) -> ModelView:
