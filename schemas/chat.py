@@ -12,6 +12,7 @@ from __future__ import annotations
 import msgspec
 
 __all__ = (
+    "CONTEXT_LENGTH_EXCEEDED",
     "ChatChunk",
     "ChatEnd",
     "ChatFailure",
@@ -71,3 +72,7 @@ class ChatFailure(_Reply, frozen=True, tag="modelbus.v1.chat_error"):
 
 
 ChatReply = ChatChunk | ChatEnd | ChatResult | ChatKeepalive | ChatFailure
+
+# ``ChatFailure.code`` (OpenAI's code, status 400) when the messages do not fit in the model's context,
+# whichever provider said so. Asking again with more text cannot help: NSQL workers stop at it.
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"

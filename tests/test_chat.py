@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 import anyio
 import httpx
@@ -323,3 +324,114 @@ async def _queued_requests_get_503(stack: Stack, upstream: UpstreamServer) -> No
     await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)  # type: ignore[arg-type]
     bodies = [json.dumps(r.body) for r in upstream.upstream.requests]
     assert not any("request second" in b or "request third" in b for b in bodies)
+
+
+LONG = [{"role": "user", "content": "word " * 50}]  # 50 of the stand-in's tokens; its readiness ping is 1
+
+
+@pytest.mark.parametrize(
+    ("wire", "error_events"),
+    [("openai", False), ("llama-server", False), ("llama-server", True)],
+    ids=["openai", "llama-server", "llama-server-error-event"],
+)
+async def test_a_prompt_longer_than_the_context_is_400_context_length_exceeded(
+    nats_server: EmbeddedNats, wire: Literal["openai", "llama-server"], error_events: bool
+) -> None:
+    """Both wire formats of the overflow, plain and streamed (older llama-server builds put the streamed
+    one in a 200 stream as an ``error:`` event): a 400 the client can act on, before any chunk."""
+    async with (
+        UpstreamServer() as upstream,
+        running_stack(nats_server.url, stand_in_config(upstream.url)) as stack,
+    ):
+        await stack.wait_ready()
+        upstream.upstream.behaviour = Behaviour(wire=wire, context_tokens=20, error_events=error_events)
+        client = stack.client()
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as caught:
+                await client.chat.completions.create(model="gpt-4.1", messages=LONG, stream=stream)  # type: ignore[call-overload]
+            assert caught.value.status_code == 400
+            error = caught.value.response.json()["error"]
+            assert error["code"] == "context_length_exceeded", error
+            assert (error["type"], error["param"]) == ("invalid_request_error", "messages")
+            assert "context" in error["message"] and "50 tokens" in error["message"]  # the upstream's sizes
+            assert "20 tokens" in error["message"]
+        assert len(upstream.upstream.requests) == 1 + 2  # the readiness check, then each once
+        # the model is not at fault: a prompt that fits is answered at once
+        completion = await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)  # type: ignore[arg-type]
+        assert completion.choices[0].message.content == "Hello from the stand-in."
+
+
+@pytest.mark.parametrize("error_events", [False, True], ids=["data-error", "error-event"])
+async def test_an_upstream_error_inside_a_stream_ends_it_with_an_error_event(
+    nats_server: EmbeddedNats, error_events: bool
+) -> None:
+    """llama-server reports a failure after the first chunk inside the 200 stream: the client gets the
+    chunks sent so far, then modelbus's error event and no ``[DONE]``; the upstream's error is no chunk."""
+    async with (
+        UpstreamServer() as upstream,
+        running_stack(nats_server.url, stand_in_config(upstream.url)) as stack,
+    ):
+        await stack.wait_ready()
+        upstream.upstream.behaviour = Behaviour(
+            wire="llama-server",
+            reply="one two three four five",
+            stream_error_after=2,
+            error_events=error_events,
+            fail_message="the KV cache is full",
+        )
+        async with httpx.AsyncClient(base_url=stack.base_url, timeout=10) as http:
+            response = await http.post(
+                "/v1/chat/completions", json={"model": "gpt-4.1", "messages": MESSAGES, "stream": True}
+            )
+        assert response.status_code == 200
+        events = [e for e in response.text.split("\n\n") if e]
+        chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
+        assert [c["object"] for c in chunks] == ["chat.completion.chunk"] * 3  # role, "one", " two"
+        assert events[-1].startswith("event: error\ndata: ")
+        error = json.loads(events[-1].split("data: ", 1)[1])["error"]
+        assert error["code"] == "upstream_error" and error["type"] == "server_error"
+        assert "the KV cache is full" in error["message"]
+
+
+async def test_llama_server_not_supported_is_400_and_loading_is_503_model_not_ready(
+    nats_server: EmbeddedNats,
+) -> None:
+    async with (
+        UpstreamServer() as upstream,
+        running_stack(nats_server.url, stand_in_config(upstream.url)) as stack,
+    ):
+        await stack.wait_ready()
+        client = stack.client()
+        upstream.upstream.behaviour = Behaviour(
+            wire="llama-server", fail_status=501, fail_message="this chat template does not support tools"
+        )
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as refused:
+                await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=stream)  # type: ignore[call-overload]
+            error = refused.value.response.json()["error"]
+            assert (error["code"], error["type"]) == ("unsupported_feature", "invalid_request_error")
+            assert "this chat template does not support tools" in error["message"]
+        upstream.upstream.behaviour = Behaviour()  # the model itself is fine: it answers the next request
+        await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)  # type: ignore[arg-type]
+
+        upstream.upstream.behaviour = Behaviour(
+            wire="llama-server", fail_status=503, fail_message="Loading model"
+        )
+        with pytest.raises(openai.InternalServerError) as loading:
+            await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)  # type: ignore[arg-type]
+        assert loading.value.status_code == 503
+        assert loading.value.response.headers["retry-after"] == "1"
+        error = loading.value.response.json()["error"]
+        assert (error["code"], error["type"]) == ("model_not_ready", "server_error")
+        assert "Loading model" in error["message"]
+        # the model cannot serve anyone while it loads: it turns error until its server answers again
+        async with httpx.AsyncClient(base_url=stack.base_url) as http:
+            with anyio.fail_after(10):
+                while True:
+                    view = (await http.get("/v1/models/gpt-4.1", params={"status": "true"})).json()
+                    if view["status"] == "error":
+                        break
+                    await anyio.sleep(0.05)
+        assert view["error"]["code"] == "model.loading"
+        upstream.upstream.behaviour = Behaviour()
+        await stack.wait_ready()

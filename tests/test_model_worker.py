@@ -64,6 +64,22 @@ async def test_openai_failure_is_classified_then_recovers(nc: Client, status: in
     assert beats.statuses("gpt-4.1")[:3] == [ModelStatus.LOADING, ModelStatus.ERROR, ModelStatus.READY]
 
 
+async def test_llama_server_still_loading_is_model_loading_then_ready(nc: Client) -> None:
+    """llama-server answers 503 ``unavailable_error`` while it loads: by that type, the model is loading,
+    not failing (``model.internal``, as a plain 5xx would be)."""
+    async with UpstreamServer() as upstream, heartbeat_log(nc) as beats:
+        upstream.upstream.behaviour = Behaviour(
+            wire="llama-server", fail_status=503, fail_message="Loading model"
+        )
+        config = _openai_model(upstream.url)
+        async with ModelWorker(nc, config, config.models, environ={}):
+            failed = await beats.wait_for("gpt-4.1", ModelStatus.ERROR)
+            assert failed.error is not None and failed.error.code == "model.loading"
+            assert failed.error_message is not None and "Loading model" in failed.error_message
+            upstream.upstream.behaviour = Behaviour()
+            await beats.wait_for("gpt-4.1", ModelStatus.READY)
+
+
 async def test_openai_sends_the_key_and_a_wrong_key_is_auth(nc: Client) -> None:
     async with UpstreamServer() as upstream, heartbeat_log(nc) as beats:
         upstream.upstream.behaviour = Behaviour(api_key="sk-other")

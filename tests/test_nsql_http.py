@@ -170,6 +170,41 @@ async def test_bad_requests_are_400_and_a_missing_worker_503(
                     await anyio.sleep(0.05)
 
 
+async def test_a_question_too_long_for_the_model_is_400_context_length_exceeded_and_asked_once(
+    nats_server: EmbeddedNats, nsql_engine: ClickHouse, tmp_path: Path
+) -> None:
+    """The question plus its schema context overflow the model (OpenAI's and llama-server's wire format):
+    a 400 that says so, not a 500, after one model call; appending the error and asking again cannot help."""
+    async with UpstreamServer() as upstream:
+        config = _config(stand_in_model(upstream.url))
+        async with (
+            nsql_stack(nats_server.url, config, nsql_engine, tmp_path) as stack,
+            httpx.AsyncClient(base_url=stack.base_url, timeout=60) as http,
+        ):
+            for wire in ("openai", "llama-server"):
+                # its readiness ping fits in 40 of the stand-in's tokens (words); the schema does not
+                upstream.upstream.behaviour = Behaviour(
+                    reply=msgspec.json.encode({"sql": TOP5}).decode(), wire=wire, context_tokens=40
+                )
+                upstream.upstream.requests.clear()
+                body = {"query": QUESTION, "datasets": ["sales_data"], "sample_data_enabled": True}
+                response = await http.post("/v1/nsql", json=body)
+                assert response.status_code == 400, response.text
+                error = response.json()["error"]
+                assert (error["code"], error["type"]) == ("context_length_exceeded", "invalid_request_error")
+                message = error["message"]
+                assert "question plus the schema context of `sales_data` with sample data" in message
+                assert "too long for the context of model `gpt-4.1`" in message
+                assert "40 tokens" in message  # the model's own account of the sizes
+                assert len(upstream.upstream.requests) == 1, wire  # asked once, not max_attempts times
+                prompt = json.dumps(upstream.upstream.requests[0].body["messages"])
+                assert QUESTION in prompt and "customer_name" in prompt
+            # a question that fits is answered by the same stack
+            upstream.upstream.behaviour = Behaviour(reply=msgspec.json.encode({"sql": TOP5}).decode())
+            answered = await http.post("/v1/nsql", json={"query": QUESTION})
+            assert answered.status_code == 200, answered.text
+
+
 @pytest.mark.slow
 async def test_the_seed_question_with_the_real_local_model(
     nats_server: EmbeddedNats, nsql_engine: ClickHouse, tmp_path: Path

@@ -33,7 +33,7 @@ from services.runtime.nats_client import connected
 from tests.support.nsql_fixtures import admin_rows, nsql_engine, untouched
 from tests.support.processes import modelbus_argv, service
 from tests.support.stack import FAST_RUNTIME
-from tests.support.upstream import Behaviour, Upstream, UpstreamServer
+from tests.support.upstream import Behaviour, Upstream, UpstreamServer, prompt_tokens
 from workers.model.worker import ModelWorker
 from workers.nsql.clickhouse import ClickHouse
 from workers.nsql.context import RESPONSE_FORMAT
@@ -330,6 +330,27 @@ async def test_a_model_failure_keeps_its_status_except_credentials(
     reply = await system.ask()
     assert reply.status == status, reply
     assert "gpt-4.1" in (reply.error_message or "")
+
+
+async def test_a_retry_that_outgrows_the_models_context_ends_with_the_last_sql_error(system: System) -> None:
+    """The question fits, but with a failed attempt appended it does not: the answer is the failed attempt,
+    after two model calls, not the overflow (the client's question was fine) nor a third call."""
+    system.script(sql_reply(TOP5))
+    assert (await system.ask()).status == 200
+    [first] = system.chat_bodies()
+    wrong = "SELECT customer_name, sum(revenue) AS total_sales FROM sales_small GROUP BY customer_name"
+    # exactly the first prompt's size: the same question fits again, the retry (longer) does not
+    system.script(sql_reply(wrong), context_tokens=prompt_tokens(first))
+    reply = await system.ask()
+    assert reply.status == 400, reply
+    assert reply.error_code == "sql_failed"
+    assert reply.attempts == 1 and reply.sql == wrong
+    message = reply.error_message or ""
+    assert "No valid SQL after 1 attempt(s) (the model's context cannot hold another one)" in message
+    assert "revenue" in message  # ClickHouse's error about the first attempt's SQL
+    first_call, retry = system.chat_bodies()
+    assert retry["messages"][: len(first_call["messages"])] == first_call["messages"]
+    assert wrong in retry["messages"][-1]["content"]
 
 
 async def test_the_deadline_gives_504_and_an_expired_request_is_not_started(system: System) -> None:

@@ -82,12 +82,14 @@ _COMPLETION_CONTENT = {
 
 
 def _failure_error(failure: ChatFailure) -> ApiError:
+    """The worker's failure as it is; a model not ready yet (still loading) says when to retry."""
     return ApiError(
         failure.status,
         failure.message,
         code=failure.code or "upstream_error",
         type_=failure.error_type,
         param=failure.param,
+        headers={"Retry-After": "1"} if failure.code == "model_not_ready" else None,
     )
 
 

@@ -259,7 +259,10 @@ def nsql_router(
         task.add_output(reply.sql or "")
         if reply.status != 200:
             raise ApiError(
-                reply.status, reply.error_message or "NSQL failed", code=reply.error_code or "nsql_failed"
+                reply.status,
+                reply.error_message or "NSQL failed",
+                code=reply.error_code or "nsql_failed",
+                headers={"Retry-After": "1"} if reply.error_code == "model_not_ready" else None,
             )
         # Litestar adds "; charset=utf-8" to text/* itself; application/sql gets it from the format
         media_type = fmt.value if fmt.value.startswith("text/") else fmt.content_type

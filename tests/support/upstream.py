@@ -3,8 +3,9 @@
 It is the one stand-in the project allows: remote providers cannot be reached from these machines. Tests
 change its behaviour through :class:`Behaviour` (in-process) or ``POST /_control`` (from another process):
 fail with a status, delay, answer with given text (or given texts in turn), stream in chunks at a given
-pace, call a tool. It records every chat request with when it started and ended, and whether the client
-hung up.
+pace, call a tool, refuse a prompt longer than its context, fail in the middle of a stream. Errors come in
+OpenAI's format or in llama.cpp's llama-server's (``wire``). It records every chat request with when it
+started and ended, and whether the client hung up.
 Run it alone with ``python -m tests.support.upstream --port N``.
 """
 
@@ -14,7 +15,7 @@ import argparse
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import anyio.abc
@@ -32,6 +33,16 @@ _ERROR_TYPES = {
     404: ("invalid_request_error", "model_not_found"),
     429: ("rate_limit_error", "rate_limit_exceeded"),
 }
+# llama-server's format_error_response: its error type for each status it answers with
+_LLAMA_SERVER_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    500: "server_error",
+    501: "not_supported_error",
+    503: "unavailable_error",
+}
 _encoder = msgspec.json.Encoder()
 
 
@@ -45,6 +56,11 @@ class Behaviour(msgspec.Struct, kw_only=True):
     chunk_delay_s: float = 0.0
     send_usage: bool = True  # include the usage chunk when asked (False: leave it to modelbus)
     api_key: str | None = None  # when set, any other bearer token gets a 401
+    wire: Literal["openai", "llama-server"] = "openai"  # whose error format failures are in
+    context_tokens: int | None = None  # the context size: a longer prompt (in words) is refused with a 400
+    stream_error_after: int | None = None  # streams: fail (500) after this many content chunks, in the stream
+    error_events: bool = False  # stream errors as older llama-server builds sent them: an `error:` event in
+    # a 200 stream (then `data: [DONE]`), even before the first chunk
 
 
 class Seen(msgspec.Struct, kw_only=True):
@@ -99,7 +115,7 @@ class Upstream:
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         b = self.behaviour
         if b.api_key is not None and headers.get("authorization") != f"Bearer {b.api_key}":
-            await _error(send, 401, "Incorrect API key provided")
+            await _error(send, 401, "Incorrect API key provided", b.wire)
             return
         if path.endswith("/chat/completions") and method == "POST":
             seen = Seen(body=msgspec.json.decode(body), started=time.time())
@@ -134,8 +150,16 @@ class Upstream:
             tg.start_soon(watch)
             if b.delay_s:
                 await anyio.sleep(b.delay_s)
+            prompt = prompt_tokens(seen.body)
             if b.fail_status is not None:
-                await _error(send, b.fail_status, b.fail_message)
+                await _error(send, b.fail_status, b.fail_message, b.wire)
+            elif b.context_tokens is not None and prompt > b.context_tokens:
+                error = _context_error(b.wire, prompt, b.context_tokens)
+                if seen.body.get("stream") and b.error_events:
+                    await _start_stream(send)
+                    await _stream_error(send, error, events=True)
+                else:
+                    await _json(send, 400, {"error": error})
             elif seen.body.get("stream"):
                 await _stream(seen.body, b, self._reply_text(b), send)
             else:
@@ -165,8 +189,33 @@ def _tool_call(request: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def prompt_tokens(request: dict[str, Any]) -> int:
+    """The stand-in's tokens are words."""
+    return sum(len(str(m.get("content", "")).split()) for m in request.get("messages", []))
+
+
+def _context_error(wire: str, prompt: int, n_ctx: int) -> dict[str, Any]:
+    """The error object each server answers a prompt longer than its context with (HTTP 400)."""
+    if wire == "llama-server":
+        return {
+            "code": 400,
+            "message": f"request ({prompt} tokens) exceeds the available context size ({n_ctx} tokens), "
+            "try increasing it",
+            "type": "exceed_context_size_error",
+            "n_prompt_tokens": prompt,
+            "n_ctx": n_ctx,
+        }
+    return {
+        "message": f"This model's maximum context length is {n_ctx} tokens. However, your messages resulted "
+        f"in {prompt} tokens. Please reduce the length of the messages.",
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": "context_length_exceeded",
+    }
+
+
 def _usage(request: dict[str, Any], completion: int) -> dict[str, int]:
-    prompt = sum(len(str(m.get("content", "")).split()) for m in request.get("messages", []))
+    prompt = prompt_tokens(request)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
@@ -192,7 +241,7 @@ def _completion(request: dict[str, Any], text: str) -> dict[str, Any]:
     }
 
 
-async def _stream(request: dict[str, Any], b: Behaviour, reply: str, send: Send) -> None:
+async def _start_stream(send: Send) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -200,6 +249,20 @@ async def _stream(request: dict[str, Any], b: Behaviour, reply: str, send: Send)
             "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
         }
     )
+
+
+async def _stream_error(send: Send, error: dict[str, Any], *, events: bool) -> None:
+    """An error inside a 200 stream, ending it: llama-server's ``data: {"error": ...}`` (no ``[DONE]``), or
+    with ``events`` the ``error: {...}`` event of its older builds, followed by ``data: [DONE]``."""
+    if events:
+        body = b"error: " + _encoder.encode(error) + b"\n\ndata: [DONE]\n\n"
+    else:
+        body = b"data: " + _encoder.encode({"error": error}) + b"\n\n"
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _stream(request: dict[str, Any], b: Behaviour, reply: str, send: Send) -> None:
+    await _start_stream(send)
     chunk_id, created, model = f"chatcmpl-{uuid.uuid4().hex[:12]}", int(time.time()), request.get("model", "")
 
     async def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> None:
@@ -241,6 +304,9 @@ async def _stream(request: dict[str, Any], b: Behaviour, reply: str, send: Send)
         n = b.chunks or len(words)
         pieces = [" ".join(words[i * len(words) // n : (i + 1) * len(words) // n]) for i in range(n)]
         for i, piece in enumerate(pieces):
+            if i == b.stream_error_after:
+                await _stream_error(send, _error_object(b.wire, 500, b.fail_message), events=b.error_events)
+                return
             if b.chunk_delay_s:
                 await anyio.sleep(b.chunk_delay_s)
             await event({"content": piece if i == 0 else " " + piece})
@@ -276,9 +342,15 @@ async def _json(send: Send, status: int, payload: object) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
-async def _error(send: Send, status: int, message: str) -> None:
+def _error_object(wire: str, status: int, message: str) -> dict[str, Any]:
+    if wire == "llama-server":  # its code is the HTTP status, an integer
+        return {"code": status, "message": message, "type": _LLAMA_SERVER_TYPES.get(status, "server_error")}
     type_, code = _ERROR_TYPES.get(status, ("server_error", None))
-    await _json(send, status, {"error": {"message": message, "type": type_, "param": None, "code": code}})
+    return {"message": message, "type": type_, "param": None, "code": code}
+
+
+async def _error(send: Send, status: int, message: str, wire: str = "openai") -> None:
+    await _json(send, status, {"error": _error_object(wire, status, message)})
 
 
 class UpstreamServer:

@@ -7,7 +7,10 @@ of the reply, guards it and runs it on the read-only readers (for SQL-only reque
 is appended to the conversation (the model's reply, then the failed SQL and the error) and the model is
 asked again, up to ``max_attempts`` times. The result is :class:`Answered` or :class:`Failed` (a 400 for the
 client; with ``retryable=False`` when the engine itself failed and a retry could not help). Errors from
-``ask_model`` itself are not caught: they are the caller's to map (503, 504, ...).
+``ask_model`` itself are not caught: they are the caller's to map (503, 504, ...). The one exception is
+:class:`ContextExceeded` on a retry: the conversation grew past the model's context with the failed
+attempts, so the last failure is the answer (``context_exhausted``). On the first call it is the caller's
+too: the question and its schema context alone do not fit, and asking again cannot change that.
 """
 
 from __future__ import annotations
@@ -25,13 +28,27 @@ from workers.nsql.context import Message, TableSchema, build_messages, retry_mes
 from workers.nsql.executor import Executor, QueryError
 from workers.nsql.guard import Allowed, Refused, check
 
-__all__ = ("REFUSED", "Answered", "AskModel", "Attempt", "Failed", "answer", "extract_sql")
+__all__ = (
+    "REFUSED",
+    "Answered",
+    "AskModel",
+    "Attempt",
+    "ContextExceeded",
+    "Failed",
+    "answer",
+    "extract_sql",
+)
 
 log = structlog.get_logger(__name__)
 
 AskModel = Callable[[list[Message]], Awaitable[str]]
 
 REFUSED = "refused"
+
+
+class ContextExceeded(Exception):
+    """What ``ask_model`` raises when the messages do not fit in the model's context: asking again only
+    adds text, so answering stops."""
 
 
 class Attempt(msgspec.Struct, frozen=True):
@@ -62,6 +79,7 @@ class Failed(msgspec.Struct, frozen=True, kw_only=True):
     attempts: int
     failures: tuple[Attempt, ...]
     retryable: bool = True
+    context_exhausted: bool = False  # stopped early: the next attempt would not fit in the model's context
     outside_model_ms: float = 0.0
 
 
@@ -122,7 +140,21 @@ async def answer(
 
     for attempt in range(1, max_attempts + 1):
         asked = time.perf_counter()
-        reply = await ask_model(list(messages))
+        try:
+            reply = await ask_model(list(messages))
+        except ContextExceeded:
+            model_s += time.perf_counter() - asked
+            if not failures:
+                raise  # the question and its context alone do not fit: the caller's to report
+            log.info("nsql.context_exhausted", attempt=attempt)
+            return Failed(
+                reason=failures[-1].error,
+                last_sql=last_sql,
+                attempts=attempt - 1,
+                failures=tuple(failures),
+                context_exhausted=True,
+                outside_model_ms=outside_ms(),
+            )
         model_s += time.perf_counter() - asked
         verdict = check(extract_sql(reply), allowed, max_chars=settings.max_sql_chars)
         last_sql = verdict.sql

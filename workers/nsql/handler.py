@@ -6,7 +6,9 @@ Statuses of the reply (the ingress answers the HTTP client with them as they are
 - 400: a requested dataset is not configured on this worker (``dataset_not_found``) or failed to load
   (``dataset_unavailable``; the message names the dataset, its error code and the file or table); no
   attempt produced SQL that passed the guard and ran (``sql_failed``; the message has the last error and
-  the last SQL); the rendered result is larger than a bus message can carry (``result_too_large``);
+  the last SQL, and says when the model's context could not hold another attempt); the rendered result is
+  larger than a bus message can carry (``result_too_large``); the question plus its schema context is
+  too long for the model (``context_length_exceeded``, after the one model call that said so);
 - 503: the engine itself failed (``engine_unavailable``: another statement could not help);
 - what :mod:`workers.nsql.model_client` maps a failed model call to (429, 502, 503, 504, ...);
 - 504: the deadline passed while answering (``timeout``).
@@ -28,7 +30,7 @@ from workers.nsql.context import TableSchema
 from workers.nsql.datasets import Dataset
 from workers.nsql.executor import Executor
 from workers.nsql.formats import render
-from workers.nsql.generate import Answered, answer
+from workers.nsql.generate import Answered, ContextExceeded, answer
 from workers.nsql.model_client import BusModel, ModelCallError
 
 __all__ = ("Handled", "NsqlHandler")
@@ -128,7 +130,12 @@ class NsqlHandler:
                     max_context_datasets=self.settings.max_context_datasets,
                 )
         except ModelCallError as exc:
-            reply = self._error(request, exc.status, exc.message, exc.code, attempts=model.calls)
+            message = (
+                self._too_long(request, chosen, exc.message)
+                if isinstance(exc, ContextExceeded)
+                else exc.message
+            )
+            reply = self._error(request, exc.status, message, exc.code, attempts=model.calls)
             # every call before the one that failed gave SQL that was tried
             return Handled(reply=reply, model_calls=model.calls, sql_attempts=max(0, model.calls - 1))
         except TimeoutError:
@@ -149,10 +156,11 @@ class NsqlHandler:
             )
         else:
             last = f" Last SQL: {outcome.last_sql}" if outcome.last_sql else ""
+            full = " (the model's context cannot hold another one)" if outcome.context_exhausted else ""
             reply = self._error(
                 request,
                 400,
-                f"No valid SQL after {outcome.attempts} attempt(s). Last error: {outcome.reason}{last}",
+                f"No valid SQL after {outcome.attempts} attempt(s){full}. Last error: {outcome.reason}{last}",
                 "sql_failed",
                 sql=outcome.last_sql,
                 attempts=outcome.attempts,
@@ -164,6 +172,17 @@ class NsqlHandler:
             model_calls=model.calls,
             sql_attempts=outcome.attempts,
             rows=rows if reply.status == 200 else 0,
+        )
+
+    @staticmethod
+    def _too_long(request: NsqlRequest, chosen: Sequence[TableSchema], model_says: str) -> str:
+        """Why a question does not fit in the model, and what the client can change about it."""
+        names = ", ".join(f"`{schema.name}`" for schema in chosen)
+        samples = " with sample data" if request.sample_data_enabled else ""
+        fewer = ", or turn sample_data_enabled off" if request.sample_data_enabled else ""
+        return (
+            f"The question plus the schema context of {names}{samples} is too long for the context of model "
+            f"`{request.model}` ({model_says}). Ask a shorter question or name fewer datasets{fewer}."
         )
 
     def _answered(self, request: NsqlRequest, outcome: Answered) -> NsqlReply:

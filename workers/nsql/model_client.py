@@ -8,6 +8,9 @@ the status and code the NSQL client gets:
 - the model worker's own failure keeps its status (503 not ready, 429 rate limited, 400 rejected, 502 the
   upstream failed, 504 ...), except 401 and 403: those say the *model worker's* upstream credentials were
   refused, not the NSQL client's, so they become 502;
+- the messages do not fit in the model's context (400 ``context_length_exceeded``, from any provider):
+  :class:`ModelContextExceeded`, which is also :class:`~workers.nsql.generate.ContextExceeded`, so the
+  question is not asked again with more text appended;
 - the model's queue is full: 429 (``queue_full``); NATS cannot take the request: 503 (``bus_unavailable``);
 - no answer before the deadline: 504 (``timeout``); the answering worker went silent: 502 (``worker_lost``);
 - a reply that is not a chat completion: 502 (``bad_model_reply``).
@@ -22,11 +25,12 @@ from typing import Any
 import anyio
 import msgspec
 
-from schemas.chat import ChatFailure, ChatResult
+from schemas.chat import CONTEXT_LENGTH_EXCEEDED, ChatFailure, ChatResult
 from services.runtime.chat_client import BusUnavailable, ChatDispatcher, QueueFull, ReplyLost
 from workers.nsql.context import RESPONSE_FORMAT, Message
+from workers.nsql.generate import ContextExceeded
 
-__all__ = ("BusModel", "ModelCallError", "nsql_status")
+__all__ = ("BusModel", "ModelCallError", "ModelContextExceeded", "nsql_status")
 
 _encoder = msgspec.json.Encoder()
 
@@ -39,6 +43,10 @@ class ModelCallError(Exception):
         self.status = status
         self.message = message
         self.code = code
+
+
+class ModelContextExceeded(ModelCallError, ContextExceeded):
+    """The model worker said the messages do not fit in the model's context; ``message`` is its own."""
 
 
 class _Message(msgspec.Struct):
@@ -120,6 +128,8 @@ class BusModel:
         finally:
             with anyio.CancelScope(shield=True):
                 await pending.close(cancel=not answered)  # cancelled or given up: the model can stop
+        if isinstance(reply, ChatFailure) and reply.code == CONTEXT_LENGTH_EXCEEDED:
+            raise ModelContextExceeded(nsql_status(reply.status), reply.message, CONTEXT_LENGTH_EXCEEDED)
         if isinstance(reply, ChatFailure):
             raise ModelCallError(
                 nsql_status(reply.status),

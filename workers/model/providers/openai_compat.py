@@ -7,9 +7,11 @@ The HTTP client is aiohttp: on this path it spends about a fifth of the CPU per 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import anyio
 import msgspec
 
 from services.config import ModelConfig
@@ -17,8 +19,9 @@ from services.runtime.worker import ModelState
 from workers.model.providers.base import ChatCall, CheckFailed, Emit, ProviderError
 from workers.model.providers.errors import (
     UpstreamResponse,
-    classify_status,
+    classify_response,
     classify_transport,
+    stream_error,
     transport_error,
     upstream_error,
     upstream_message,
@@ -29,6 +32,7 @@ __all__ = ("OpenAIProvider",)
 
 _encoder = msgspec.json.Encoder()
 _DATA = b"data:"
+_ERROR_EVENT = b"error:"  # how older llama-server builds send an error inside a stream
 _DONE = b"[DONE]"
 
 
@@ -48,13 +52,25 @@ class _ChunkView(msgspec.Struct):
     created: int = 0
     choices: list[_Choice] = []
     usage: dict[str, Any] | None = None
+    error: msgspec.Raw = msgspec.Raw()  # ``data: {"error": {...}}``: the upstream failed mid-stream
 
 
 _chunk_decoder = msgspec.json.Decoder(_ChunkView)
 
 
 class OpenAIProvider:
-    def __init__(self, model: ModelConfig, state: ModelState) -> None:
+    """Chat over OpenAI's HTTP API; ``unix_socket`` reaches a server on a Unix socket (llama-server)."""
+
+    def __init__(
+        self,
+        model: ModelConfig,
+        state: ModelState,
+        *,
+        endpoint: str | None = None,
+        unix_socket: Path | None = None,
+        upstream_model: str | None = None,
+        where: str | None = None,
+    ) -> None:
         self.model = model
         self.state = state
         params = model.params
@@ -63,55 +79,62 @@ class OpenAIProvider:
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
-        self.endpoint = params.endpoint.rstrip("/")
+        self.endpoint = (endpoint or params.endpoint).rstrip("/")
+        self.where = where or self.endpoint  # how error messages name the server
+        self.upstream_model = upstream_model or model.provider_model
+        self._unix_socket = unix_socket
         self._url = f"{self.endpoint}/chat/completions"
         self._session: aiohttp.ClientSession | None = None
 
-    def _client(self) -> aiohttp.ClientSession:
-        # created on first use, inside the running event loop
+    def session(self) -> aiohttp.ClientSession:
+        """The HTTP session, created on first use (inside the running event loop)."""
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self.state.capacity + 2, keepalive_timeout=30)
+            limit = self.state.capacity + 2
+            connector: aiohttp.BaseConnector = (
+                aiohttp.UnixConnector(path=str(self._unix_socket), limit=limit, keepalive_timeout=30)
+                if self._unix_socket is not None
+                else aiohttp.TCPConnector(limit=limit, keepalive_timeout=30)
+            )
             self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
         return self._session
 
     async def check(self) -> None:
         """A minimal real request (one completion token) that proves endpoint, key and model name."""
         probe = {
-            "model": self.model.provider_model,
+            "model": self.upstream_model,
             "messages": [{"role": "user", "content": "ping"}],
             "max_completion_tokens": 1,
         }
         timeout = aiohttp.ClientTimeout(total=self.model.params.check_timeout)
         try:
-            async with self._client().post(
+            async with self.session().post(
                 self._url, data=_encoder.encode(probe), timeout=timeout
             ) as response:
                 body = await response.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise CheckFailed(
-                classify_transport(exc), f"{type(exc).__name__} calling {self.endpoint}: {exc}"
+                classify_transport(exc), f"{type(exc).__name__} calling {self.where}: {exc}"
             ) from exc
         if response.status >= 400:
             failed = UpstreamResponse(response.status, body)
-            raise CheckFailed(classify_status(response.status), upstream_message(failed, self._api_key))
+            raise CheckFailed(classify_response(failed), upstream_message(failed, self._api_key))
 
     def _post(self, call: ChatCall, *, stream: bool) -> Any:
-        body = {**call.body, "model": self.model.provider_model, "stream": stream}
+        body = {**call.body, "model": self.upstream_model, "stream": stream}
         if stream and call.include_usage:
             body["stream_options"] = {"include_usage": True}
         elif not stream:
             body.pop("stream_options", None)
-        timeout = aiohttp.ClientTimeout(
-            total=max(0.001, call.deadline - time.time()), sock_connect=self.model.params.check_timeout
-        )
-        return self._client().post(self._url, data=_encoder.encode(body), timeout=timeout)
+        remaining = max(0.001, call.deadline - time.time()) if call.deadline else None  # 0: no deadline
+        timeout = aiohttp.ClientTimeout(total=remaining, sock_connect=self.model.params.check_timeout)
+        return self.session().post(self._url, data=_encoder.encode(body), timeout=timeout)
 
     async def complete(self, call: ChatCall) -> bytes:
         try:
             async with self._post(call, stream=False) as response:
                 body: bytes = await response.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise transport_error(exc, self.endpoint) from exc
+            raise transport_error(exc, self.where) from exc
         if response.status >= 400:
             raise upstream_error(UpstreamResponse(response.status, body), self._api_key)
         return body
@@ -128,6 +151,8 @@ class OpenAIProvider:
                     )
                 async for raw_line in response.content:
                     line = raw_line.strip()
+                    if line.startswith(_ERROR_EVENT):
+                        raise stream_error(line[len(_ERROR_EVENT) :].strip(), self._api_key)
                     if not line.startswith(_DATA):
                         continue
                     chunk = line[len(_DATA) :].strip()
@@ -139,15 +164,23 @@ class OpenAIProvider:
                         raise ProviderError(
                             502, f"the upstream sent a malformed stream chunk: {exc}"
                         ) from exc
+                    if last.error and bytes(last.error) != b"null":
+                        raise stream_error(bytes(last.error), self._api_key)
                     saw_usage = saw_usage or last.usage is not None
                     counter.completion_tokens += sum(1 for c in last.choices if c.delta and c.delta.content)
                     await emit(chunk)
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise transport_error(exc, self.endpoint) from exc
+            raise transport_error(exc, self.where) from exc
         if call.include_usage and not saw_usage:
-            model = last.model or self.model.provider_model
+            model = last.model or self.upstream_model
             await emit(usage_chunk(last.id, model, counter.usage(), last.created))
 
+    async def watch(self) -> CheckFailed:
+        """A remote model is probed again only when a request shows it cannot serve: nothing to watch."""
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
