@@ -9,15 +9,13 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential cmake \
     && rm -rf /var/lib/apt/lists/*
 
-# CMAKE_ARGS: a portable llama.cpp build; -march=native turns on kernels that crash on some CPUs (see ./run)
 ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    CMAKE_ARGS="-DGGML_NATIVE=OFF"
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
-# the pinned dependencies first, so a code change does not rebuild llama.cpp
+# the pinned dependencies first, so a code change does not reinstall them
 COPY requirements/runtime.txt /src/requirements/runtime.txt
 RUN pip install -r /src/requirements/runtime.txt
 
@@ -28,10 +26,16 @@ COPY ingress /src/ingress
 COPY workers /src/workers
 RUN pip install --no-deps /src
 
+# llama.cpp's llama-server for local models, from the pinned source, in the portable flavor (AVX2/FMA/F16C):
+# an image runs on CPUs other than the one that built it
+RUN MODELBUS_ENGINE_CACHE=/opt/engines modelbus engine build --flavor portable \
+    && cp /opt/engines/llama-server-*-portable-*/llama-server /opt/venv/bin/llama-server \
+    && rm -rf /opt/engines
+
 
 FROM python:3.11-slim
 
-# llama.cpp is built with OpenMP
+# llama-server is built with OpenMP
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1 \
     && rm -rf /var/lib/apt/lists/*
@@ -45,6 +49,7 @@ COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     MODELBUS_MODEL_CACHE=/var/cache/modelbus/models \
+    MODELBUS_LLAMA_SERVER=/opt/venv/bin/llama-server \
     MODELBUS_CONFIG=/etc/modelbus/modelbus.yaml
 
 USER modelbus

@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="manage local model files")
     models.add_argument("action", choices=["pull"])
     models.add_argument("rest", nargs=argparse.REMAINDER)
+    engine = sub.add_parser("engine", help="build llama.cpp's llama-server for local models (once per user)")
+    engine.add_argument("action", choices=["build"])
+    engine.add_argument("rest", nargs=argparse.REMAINDER)
     probe = sub.add_parser("probe", help="exit 0 if a service answers $SRV.PING within 2 s (health checks)")
     _common(probe)
     probe.add_argument("kind", help="ingress, registry, model-worker, nsql-worker, history, ...")
@@ -67,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit per 
         from workers.model.pull import main as pull_main
 
         return pull_main(argv[2:])
+    if argv[:2] == ["engine", "build"]:
+        from workers.model.engine.build import main as build_main
+
+        return build_main(argv[2:])
     args = _parser().parse_args(argv)
     try:
         config = load_config(args.config, os.environ)

@@ -341,7 +341,11 @@ def test_the_dockerfile_is_the_documented_shape() -> None:
     froms = [rest for word, rest in steps if word == "FROM"]
     assert [f.split()[0] for f in froms] == ["python:3.11-slim", "python:3.11-slim"]
     envs = " ".join(rest for word, rest in steps if word == "ENV")
-    assert 'CMAKE_ARGS="-DGGML_NATIVE=OFF"' in envs
+    # llama-server is built in the portable flavor (an image moves between CPUs), and the image points at it
+    builds = [rest for word, rest in steps if word == "RUN" and "modelbus engine build" in rest]
+    assert len(builds) == 1 and "--flavor portable" in builds[0]
+    binary = re.search(r"MODELBUS_LLAMA_SERVER=(\S+)", envs)
+    assert binary is not None and binary.group(1) in builds[0]
     assert any(word == "COPY" and "--from=build" in rest and "/opt/venv" in rest for word, rest in steps)
     users = [rest for word, rest in steps if word == "USER"]
     assert users and users[-1] not in ("root", "0")

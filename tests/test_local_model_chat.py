@@ -47,7 +47,7 @@ async def test_short_completion_stream_json_schema_and_cancellation(nats_server:
         )  # fmt: skip
         assert isinstance(json.loads(structured.choices[0].message.content or "")["sql"], str)
 
-        # a client that hangs up stops the generation: the worker's only slot is free again long before
+        # a client that hangs up stops the generation: its slot is free again long before
         # the 400 tokens asked for could have been generated
         state = stack.workers[0].providers[MODEL].state
         body = {"model": MODEL, "messages": [{"role": "user", "content": "Write a long essay."}],

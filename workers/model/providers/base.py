@@ -77,8 +77,12 @@ class Provider(Protocol):
         """Run a streaming completion, passing the JSON of each ``chat.completion.chunk`` to ``emit``;
         the usage chunk is included when ``call.include_usage`` (computed if the backend gives none)."""
 
+    async def watch(self) -> CheckFailed:
+        """Wait until the model, once ready, can no longer serve (its engine died); why. Runs while the
+        worker does; the worker then reports the error and checks the provider again until it is ready."""
+
     async def aclose(self) -> None:
-        """Release what the provider holds (HTTP clients, model memory)."""
+        """Release what the provider holds (HTTP clients, engine processes)."""
 
 
 async def keep_ready(provider: Provider, *, initial_backoff: float, max_backoff: float) -> None:

@@ -1,4 +1,4 @@
-"""Pick the provider for a configured model from its ``from:`` prefix."""
+"""Pick the provider for a configured model from its ``from:`` prefix, and its slots (capacity)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,16 @@ from workers.model.providers.base import Provider
 from workers.model.providers.local import LocalProvider
 from workers.model.providers.openai_compat import OpenAIProvider
 
-__all__ = ("DEFAULT_CAPACITY", "create_provider")
+__all__ = ("OPENAI_CAPACITY", "capacity_of", "create_provider")
 
-DEFAULT_CAPACITY = {"local": 1, "openai": 16}
+OPENAI_CAPACITY = 16
+
+
+def capacity_of(model: ModelConfig) -> int:
+    """A worker's slots for ``model``: llama-server's ``parallel`` for a local one, else ``capacity`` (16)."""
+    if model.provider == "local":
+        return model.params.parallel
+    return model.params.capacity or OPENAI_CAPACITY
 
 
 def create_provider(model: ModelConfig, state: ModelState, *, environ: Mapping[str, str]) -> Provider:

@@ -1,95 +1,127 @@
-"""Models run in this process by llama.cpp (llama-cpp-python) from a GGUF file verified by hash.
+"""Local models: a GGUF file verified by hash, served by llama.cpp's own ``llama-server`` in a child process.
 
-Generation runs in a worker thread, one at a time per model (a llama.cpp context is not thread-safe).
-Cancelling the caller stops the generation within one token: generation always streams internally, and
-the thread checks a flag between tokens.
+One child per model, on a private Unix socket, with ``parallel`` slots that llama.cpp batches together
+(continuous batching); the worker's capacity is that slot count. Requests reach it through the same HTTP
+code as the ``openai`` provider, so streaming, tools, ``response_format`` (json_schema becomes llama.cpp's
+grammar), stop, seed, usage and cancellation (a closed connection frees the slot) behave the same.
+
+The model is ``ready`` once the child answers ``/health`` and a real one-token completion. If the child
+dies, :meth:`LocalProvider.watch` returns at once, the worker reports the model ``error`` and checks it
+again, which starts a new child; children that die young are restarted with a growing delay.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from pathlib import Path
 
 import anyio
-import anyio.from_thread
 import anyio.to_thread
 import msgspec
+import structlog
 
 from schemas.status import ErrorCategory, ErrorInfo, ErrorType
 from services.config import ModelConfig
 from services.runtime.worker import ModelState
 from workers.model.catalog import model_cache_dir, resolve_model_file, verify
+from workers.model.engine.build import find_llama_server, usable_cores
+from workers.model.engine.process import EngineExited, LlamaServerProcess, describe_exit
 from workers.model.providers.base import ChatCall, CheckFailed, Emit, ProviderError
-from workers.model.providers.tool_calls import parse_tool_calls
-from workers.model.providers.usage import usage_chunk
+from workers.model.providers.openai_compat import OpenAIProvider
+from workers.model.providers.tool_calls import constrain_tool_choice, offered_tools, parse_tool_calls
+from workers.model.providers.usage import completion_as_chunks, usage_chunk
 
-__all__ = ("LocalProvider", "llama_arguments")
+__all__ = ("LocalProvider", "llama_server_args")
+
+log = structlog.get_logger(__name__)
 
 LOADING = ErrorInfo.of(ErrorCategory.MODEL, ErrorType.LOADING)
-T = TypeVar("T")
+CRASHED = ErrorInfo.of(ErrorCategory.MODEL, ErrorType.INTERNAL)
+YOUNG = 60.0  # a child that dies sooner than this after it was ready makes the next start wait
+MAX_RESTART_DELAY = 30.0
+PROMPT_CACHE_MIB = 1024
 _encoder = msgspec.json.Encoder()
-_PASSED = (
-    "temperature",
-    "top_p",
-    "stop",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "tools",
-    "tool_choice",
-)
 
 
-class _Cancelled(Exception):
-    """Raised inside the generation thread to stop llama.cpp."""
-
-
-def llama_arguments(body: Mapping[str, Any]) -> dict[str, Any]:
-    """Map an OpenAI request onto ``Llama.create_chat_completion`` arguments (refusing what it can't do)."""
-    if body.get("n", 1) != 1:
-        raise ProviderError(
-            400, "local models generate one choice: n must be 1", type_="invalid_request_error", param="n"
-        )
-    args: dict[str, Any] = {k: body[k] for k in _PASSED if body.get(k) is not None}
-    args["messages"] = body["messages"]
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-    if max_tokens is not None:
-        args["max_tokens"] = max_tokens
-    response_format = body.get("response_format")
-    if isinstance(response_format, dict):
-        kind = response_format.get("type")
-        if kind == "json_object":
-            args["response_format"] = {"type": "json_object"}
-        elif kind == "json_schema":
-            schema = (response_format.get("json_schema") or {}).get("schema")
-            args["response_format"] = {"type": "json_object", "schema": schema or {}}
-        elif kind not in (None, "text"):
-            raise ProviderError(
-                400,
-                f"unsupported response_format type {kind!r}",
-                type_="invalid_request_error",
-                param="response_format",
-            )
-    return args
+def llama_server_args(model: ModelConfig, path: Path, *, threads: int) -> list[str]:
+    """llama-server's flags for ``model`` (``--host`` is added by the process: its private socket)."""
+    params = model.params
+    return [
+        "--model", str(path),
+        "--alias", model.name,  # the `model` of every answer
+        "--parallel", str(params.parallel),
+        "--ctx-size", str(params.parallel * params.n_ctx),  # shared by the slots: n_ctx each
+        "--threads", str(threads),
+        "--jinja",  # the GGUF's own chat template, tool calls included
+        "--no-webui",
+        # idle slots' prompts kept in RAM for reuse: llama-server's default is 8 GiB, a leak to an operator
+        "--cache-ram", str(PROMPT_CACHE_MIB),
+        *params.llama_server_args,  # after modelbus's own: a flag given again there wins
+    ]  # fmt: skip
 
 
 class LocalProvider:
-    """Loads the model once; it is ``ready`` only after a real one-token generation."""
+    """Starts llama-server for one model, keeps it supervised, and sends it the model's requests."""
 
     def __init__(self, model: ModelConfig, state: ModelState, *, environ: Mapping[str, str]) -> None:
         self.model = model
         self.state = state
+        self._environ = dict(environ)
         self._cache_dir = model_cache_dir(environ)
-        self._llm: Any = None
-        self._lock = threading.Lock()  # held by the thread that is generating
-        self.limiter = anyio.CapacityLimiter(1)
+        self.server: LlamaServerProcess | None = None
+        self._http: OpenAIProvider | None = None
+        self._spawned = anyio.Event()  # set (and replaced) each time a child is started
+        self._young_deaths = 0
+        self._closed = False
+
+    @property
+    def threads(self) -> int:
+        return self.model.params.n_threads or usable_cores()
 
     async def check(self) -> None:
-        if self._llm is not None:
+        server = self.server
+        if server is not None and server.ready and server.returncode is None:
             return
+        path = await self._model_file()
+        binary = find_llama_server(self._environ)
+        if binary is None:
+            raise CheckFailed(
+                LOADING, "llama-server is not built; run `modelbus engine build` (./run up does it) or set "
+                "MODELBUS_LLAMA_SERVER to a llama-server binary",
+            )  # fmt: skip
+        await self._stop_server()
+        await self._restart_delay()
+        server = LlamaServerProcess(binary, llama_server_args(self.model, path, threads=self.threads),
+                                    name=self.model.name)  # fmt: skip
+        http = OpenAIProvider(
+            self.model, self.state, endpoint="http://llama/v1", unix_socket=server.socket,
+            upstream_model=self.model.name, where=f"the llama-server of {self.model.name}",
+        )  # fmt: skip
+        self.server, self._http = server, http
+        try:
+            await server.start()
+        except OSError as exc:
+            raise CheckFailed(LOADING, f"cannot start {binary}: {exc}") from exc
+        self._spawned.set()
+        self._spawned = anyio.Event()
+        await self._until_serving(server, http)
+
+    async def _until_serving(self, server: LlamaServerProcess, http: OpenAIProvider) -> None:
+        """Wait for the health check, then one real completion token; a failure stops the child."""
+        try:
+            await server.wait_healthy(http.session(), timeout=self.model.params.load_timeout)
+            await http.check()
+        except (EngineExited, TimeoutError, CheckFailed) as exc:
+            reason = exc.message if isinstance(exc, CheckFailed) else str(exc) or "no health in time"
+            await self._stop_server()
+            raise CheckFailed(LOADING, f"llama-server did not serve {self.model.name}: {reason}; "
+                              f"its last output: {server.last_lines()}") from exc  # fmt: skip
+        server.ready = True
+        server.started_at = time.monotonic()
+        log.info("llama_server.ready", model=self.model.name, pid=server.pid, slots=self.state.capacity)
+
+    async def _model_file(self) -> Path:
         try:
             resolved = resolve_model_file(
                 self.model.provider_model, sha256=self.model.params.sha256, cache_dir=self._cache_dir
@@ -103,155 +135,78 @@ class LocalProvider:
             raise CheckFailed(
                 LOADING, f"model file {path} does not have sha256 {resolved.sha256}; pull it again"
             )
-        self._llm = await anyio.to_thread.run_sync(self._load, str(path), limiter=self.limiter)
+        return path
 
-    def _load(self, path: str) -> Any:
-        from llama_cpp import Llama
+    async def _restart_delay(self) -> None:
+        if self._young_deaths:
+            delay = min(2.0 ** (self._young_deaths - 1), MAX_RESTART_DELAY)
+            log.info("llama_server.restart_delayed", model=self.model.name, in_s=delay)
+            await anyio.sleep(delay)
 
-        params = self.model.params
-        try:
-            llm = Llama(model_path=path, n_ctx=params.n_ctx, n_threads=params.n_threads, verbose=False)
-            llm.create_chat_completion(messages=[{"role": "user", "content": "ping"}], max_tokens=1)
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise CheckFailed(LOADING, f"cannot load {path}: {exc}") from exc
-        return llm
+    async def watch(self) -> CheckFailed:
+        """Follow each child (its output, its exit); return when one that was serving has died."""
+        while True:
+            spawned, server = self._spawned, self.server
+            if server is None or server.watched:
+                await spawned.wait()
+                continue
+            server.watched = True
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(server.drain_output)
+                code = await server.wait()
+            if server.ready and server is self.server and not self._closed:
+                lived = time.monotonic() - server.started_at
+                self._young_deaths = self._young_deaths + 1 if lived < YOUNG else 0
+                message = f"llama-server {describe_exit(code)}; restarting it. Its last output: "
+                log.warning("llama_server.died", model=self.model.name, pid=server.pid, code=code)
+                return CheckFailed(CRASHED, message + server.last_lines())
 
-    async def _in_thread(self, work: Callable[[threading.Event], T]) -> T:
-        """Run ``work`` in a thread; if the caller is cancelled the work is told to stop at once."""
-        if self._llm is None:
+    def _serving(self) -> OpenAIProvider:
+        server, http = self.server, self._http
+        if server is None or http is None or not server.ready or server.returncode is not None:
             raise ProviderError(503, f"model {self.model.name} is not loaded", code="model_not_ready")
-        cancel = threading.Event()
-
-        def guarded() -> T:
-            with self._lock:
-                if cancel.is_set():
-                    raise _Cancelled
-                return work(cancel)
-
-        try:
-            return await anyio.to_thread.run_sync(guarded, abandon_on_cancel=True, limiter=self.limiter)
-        finally:
-            cancel.set()
-
-    def _generate(self, call: ChatCall, cancel: threading.Event) -> Iterator[dict[str, Any]]:
-        """The answer's chunks, one token each; stops at the next token once ``cancel`` is set.
-
-        Generation always streams, even for a plain request: between two chunks is the one place a
-        running llama.cpp generation can be stopped from Python (an exception raised in a logits
-        processor is swallowed by its ctypes callback).
-        """
-        try:
-            chunks: Iterator[dict[str, Any]] = self._llm.create_chat_completion(
-                **llama_arguments(call.body), stream=True
-            )
-        except ValueError as exc:  # llama.cpp's way of saying "the prompt does not fit" and the like
-            raise ProviderError(400, str(exc), type_="invalid_request_error") from exc
-        try:
-            for chunk in chunks:
-                if cancel.is_set():
-                    raise _Cancelled
-                chunk["model"] = self.model.name
-                yield chunk
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
-
-    def _usage(self, completion_tokens: int) -> dict[str, int]:
-        # the context holds the prompt and what was generated: the rest of it is the prompt
-        prompt_tokens = max(0, int(self._llm.n_tokens) - completion_tokens)
-        return {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        }
+        return http
 
     async def complete(self, call: ChatCall) -> bytes:
-        def work(cancel: threading.Event) -> dict[str, Any]:
-            parts: list[str] = []
-            first: dict[str, Any] = {}
-            finish = "stop"
-            for chunk in self._generate(call, cancel):
-                first = first or chunk
-                for choice in chunk.get("choices", []):
-                    if content := (choice.get("delta") or {}).get("content"):
-                        parts.append(content)
-                    finish = choice.get("finish_reason") or finish
-            return {
-                "id": first.get("id", f"chatcmpl-{uuid.uuid4().hex}"),
-                "object": "chat.completion",
-                "created": first.get("created", int(time.time())),
-                "model": self.model.name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(parts)},
-                             "logprobs": None, "finish_reason": finish}],
-                "usage": self._usage(len(parts)),
-            }  # fmt: skip
-
-        result = await self._in_thread(work)
-        if call.body.get("tools"):
-            for choice in result["choices"]:
-                parse_tool_calls(choice)
+        offered = offered_tools(call.body)
+        if not offered:
+            return await self._serving().complete(call)
+        constrained = msgspec.structs.replace(call, body=constrain_tool_choice(call.body))
+        result = msgspec.json.decode(await self._serving().complete(constrained))
+        for choice in result.get("choices") or []:
+            parse_tool_calls(choice, offered)
         return _encoder.encode(result)
 
     async def stream(self, call: ChatCall, emit: Emit) -> None:
-        if call.body.get("tools"):
-            # tool calls are only known once the whole answer is there: generate, then stream it as deltas
-            await self._stream_whole(call, emit)
+        if not offered_tools(call.body):
+            await self._serving().stream(call, emit)
             return
-
-        def work(cancel: threading.Event) -> None:
-            completion_tokens = 0
-            last: dict[str, Any] = {}
-            for chunk in self._generate(call, cancel):
-                for choice in chunk.get("choices", []):
-                    if (choice.get("delta") or {}).get("content"):
-                        completion_tokens += 1
-                last = chunk
-                anyio.from_thread.run(emit, _encoder.encode(chunk))
-            if call.include_usage:
-                usage = self._usage(completion_tokens)
-                anyio.from_thread.run(
-                    emit, usage_chunk(str(last.get("id", "")), self.model.name, usage, last.get("created"))
-                )
-
-        await self._in_thread(work)
-
-    async def _stream_whole(self, call: ChatCall, emit: Emit) -> None:
+        # a tool call is known only once the whole answer is there: generate it, then stream it as deltas
         result = msgspec.json.decode(await self.complete(call))
-        chunk_id, created = (
-            result.get("id", f"chatcmpl-{uuid.uuid4().hex}"),
-            result.get("created", int(time.time())),
-        )
-
-        def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
-            return _encoder.encode(
-                {
-                    "id": chunk_id,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": self.model.name,
-                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-                }
+        for chunk in completion_as_chunks(result):
+            await emit(chunk)
+        if call.include_usage and result.get("usage"):
+            await emit(
+                usage_chunk(result.get("id", ""), self.model.name, result["usage"], result.get("created"))
             )
 
-        choice = result["choices"][0]
-        message = choice.get("message", {})
-        await emit(chunk({"role": "assistant", "content": ""}, None))
-        if message.get("content"):
-            await emit(chunk({"content": message["content"]}, None))
-        for i, tool_call in enumerate(message.get("tool_calls") or []):
-            await emit(chunk({"tool_calls": [{"index": i, **tool_call}]}, None))
-        await emit(chunk({}, choice.get("finish_reason", "stop")))
-        if call.include_usage and result.get("usage"):
-            await emit(usage_chunk(chunk_id, self.model.name, result["usage"], created))
+    async def _stop_server(self) -> None:
+        server, http = self.server, self._http
+        if http is not None:
+            await http.aclose()
+        if server is not None:
+            await server.stop()
+
+    async def slots(self) -> list[dict[str, object]]:
+        """llama-server's own slot state (``GET /slots``): which slots are processing a request."""
+        http = self._serving()
+        async with http.session().get("http://llama/slots") as response:
+            if response.status != 200:
+                raise ProviderError(502, f"llama-server answered /slots with {response.status}")
+            found: list[dict[str, object]] = await response.json()
+            return found
 
     async def aclose(self) -> None:
-        llm, self._llm = self._llm, None
-        if llm is None:
-            return
-
-        def close() -> None:
-            with self._lock:  # a cancelled generation may still be stopping in its thread: wait for it
-                llm.close()
-
-        await anyio.to_thread.run_sync(close)
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            await self._stop_server()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from typing import Any
 
 import msgspec
 
-__all__ = ("UsageCounter", "estimate_tokens", "usage_chunk")
+__all__ = ("UsageCounter", "completion_as_chunks", "estimate_tokens", "usage_chunk")
 
 _encoder = msgspec.json.Encoder()
 
@@ -56,3 +57,26 @@ def usage_chunk(chunk_id: str, model: str, usage: dict[str, int], created: int |
             "usage": usage,
         }
     )
+
+
+def completion_as_chunks(result: dict[str, Any]) -> list[bytes]:
+    """A whole ``chat.completion`` (its first choice) as the stream chunks that carry the same answer."""
+    chunk_id = result.get("id") or f"chatcmpl-{uuid.uuid4().hex}"
+    created, model = result.get("created") or int(time.time()), result.get("model", "")
+
+    def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return _encoder.encode(
+            {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model,
+             "choices": [choice]}
+        )  # fmt: skip
+
+    choice = (result.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    chunks = [chunk({"role": "assistant", "content": ""}, None)]
+    if message.get("content"):
+        chunks.append(chunk({"content": message["content"]}, None))
+    for i, tool_call in enumerate(message.get("tool_calls") or []):
+        chunks.append(chunk({"tool_calls": [{"index": i, **tool_call}]}, None))
+    chunks.append(chunk({}, choice.get("finish_reason") or "stop"))
+    return chunks

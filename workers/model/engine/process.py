@@ -1,0 +1,142 @@
+"""One ``llama-server`` child process: started on a private Unix socket, health-checked, stopped for sure.
+
+The child never outlives the worker: it is started through a tiny exec stub that asks Linux to SIGKILL it
+when its parent dies (``PR_SET_PDEATHSIG``), so even a worker killed with SIGKILL leaves no orphan; a normal
+stop is SIGTERM, then SIGKILL after a bounded wait. Its output is kept, the last lines in memory for error
+messages and every line in the worker's log at debug level.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiohttp
+import anyio
+import anyio.abc
+import structlog
+
+__all__ = ("EngineExited", "LlamaServerProcess", "describe_exit")
+
+log = structlog.get_logger(__name__)
+
+PR_SET_PDEATHSIG = 1
+STOP_TIMEOUT = 5.0
+TAIL_LINES = 30
+# Runs in the child before exec: SIGKILL on the parent's death, and give up if the parent is already gone.
+_EXEC_STUB = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)\n"
+    "os.getppid() == int(sys.argv[1]) or os._exit(1)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+class EngineExited(Exception):
+    """The child exited (or could not start) before it was healthy."""
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "is still running"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class LlamaServerProcess:
+    """``llama-server`` serving one model on ``<a private directory>/llama.sock``."""
+
+    def __init__(self, binary: Path, args: Sequence[str], *, name: str) -> None:
+        self.binary = binary
+        self.name = name
+        self._dir = Path(tempfile.mkdtemp(prefix="modelbus-llama-"))
+        self.socket = self._dir / "llama.sock"
+        self.argv = [str(binary), "--host", str(self.socket), *args]
+        self.process: anyio.abc.Process | None = None
+        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self.started_at = 0.0
+        self.ready = False  # answered its health check and a real completion
+        self.watched = False  # its output and exit are being followed
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode if self.process is not None else None
+
+    async def start(self) -> None:
+        stub = [sys.executable, "-S", "-c", _EXEC_STUB, str(os.getpid())]
+        self.process = await anyio.open_process(
+            [*stub, *self.argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        self.started_at = time.monotonic()
+        log.info("llama_server.started", model=self.name, pid=self.process.pid, argv=self.argv[1:])
+
+    async def drain_output(self) -> None:
+        """Read the child's output until it closes: the last lines kept, every line logged at debug."""
+        assert self.process is not None
+        assert self.process.stdout is not None
+        pending = b""
+        async for block in self.process.stdout:
+            pending += block
+            *lines, pending = pending.split(b"\n")
+            for raw in lines:
+                line = raw.decode("utf-8", "replace").rstrip()
+                if line:
+                    self.tail.append(line)
+                    log.debug("llama_server.output", model=self.name, line=line)
+
+    def last_lines(self, count: int = 8) -> str:
+        return " | ".join(list(self.tail)[-count:])
+
+    async def wait_healthy(self, session: aiohttp.ClientSession, *, timeout: float) -> None:
+        """Poll ``/health`` until it answers 200; raise :class:`EngineExited` if the child exits first."""
+        assert self.process is not None
+        with anyio.fail_after(timeout):
+            while True:
+                if self.process.returncode is not None:
+                    raise EngineExited(f"llama-server {describe_exit(self.process.returncode)}")
+                try:
+                    async with session.get("http://llama/health") as response:
+                        if response.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass  # not listening yet, or still loading the model (503)
+                await anyio.sleep(0.05)
+
+    async def wait(self) -> int:
+        assert self.process is not None
+        return await self.process.wait()
+
+    async def stop(self) -> None:
+        """SIGTERM, then SIGKILL after :data:`STOP_TIMEOUT`; the private directory goes too."""
+        process = self.process
+        try:
+            if process is not None and process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+                with anyio.move_on_after(STOP_TIMEOUT, shield=True):
+                    await process.wait()
+                if process.returncode is None:
+                    log.warning("llama_server.kill", model=self.name, pid=process.pid)
+                    process.kill()
+                    with anyio.CancelScope(shield=True):
+                        await process.wait()
+            if process is not None:
+                with anyio.CancelScope(shield=True):
+                    await process.aclose()
+        finally:
+            shutil.rmtree(self._dir, ignore_errors=True)
