@@ -29,6 +29,7 @@ from workers.model.engine.build import (
 from workers.model.fetching import FetchError
 from workers.model.providers.local import llama_server_args
 
+AVX512 = frozenset({"avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512vbmi", "avx512_bf16"})
 CMAKE_PROJECT = """cmake_minimum_required(VERSION 3.16)
 project(tiny C)
 add_executable(llama-server main.c)
@@ -50,12 +51,16 @@ def prepare_metadata_for_build_wheel(directory, config_settings=None):
 """
 
 
-def test_the_flavor_is_portable_unless_chosen() -> None:
-    assert default_flavor({}) == "portable"
-    assert default_flavor({"MODELBUS_LLAMA_FLAVOR": "avx512"}) == "avx512"
+def test_the_flavor_follows_the_cpu_unless_chosen() -> None:
+    assert default_flavor({}, AVX512) == "avx512"
+    assert default_flavor({}, AVX512 - {"avx512_bf16"}) == "portable"
+    assert default_flavor({}, frozenset({"avx2", "fma", "f16c"})) == "portable"
+    assert default_flavor({}, frozenset()) == "portable"
+    assert default_flavor({"MODELBUS_LLAMA_FLAVOR": "portable"}, AVX512) == "portable"
     cache = {"MODELBUS_ENGINE_CACHE": "/c"}
     chosen = installed_path({**cache, "MODELBUS_LLAMA_FLAVOR": "avx512"})
-    assert chosen == installed_path(cache, "avx512") != installed_path(cache)
+    assert chosen == installed_path(cache, "avx512")
+    assert installed_path({**cache, "MODELBUS_LLAMA_FLAVOR": "portable"}) != chosen
 
 
 def test_the_cache_key_changes_with_the_source_and_the_flags() -> None:

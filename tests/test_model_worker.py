@@ -142,5 +142,6 @@ async def test_local_model_loads_then_ready(nc: Client) -> None:
     config = _config("  - name: qwen2.5-coder\n    from: local:qwen2.5-coder-0.5b-instruct\n")
     async with heartbeat_log(nc) as beats, ModelWorker(nc, config, config.models, environ=os.environ):
         ready = await beats.wait_for("qwen2.5-coder", ModelStatus.READY, timeout=120)
-        assert ready.capacity == 1 and ready.info.owned_by == "local:qwen2.5-coder-0.5b-instruct"
+        # the capacity is llama-server's slots: params.parallel, 4 by default
+        assert ready.capacity == 4 and ready.info.owned_by == "local:qwen2.5-coder-0.5b-instruct"
     assert beats.statuses("qwen2.5-coder")[:2] == [ModelStatus.LOADING, ModelStatus.READY]

@@ -6,10 +6,10 @@ unpacked. cmake builds the one target, statically linked, into a folder of the p
 by the source version and the build flags, so every clone, the tests and CI share one build. Set
 ``MODELBUS_LLAMA_SERVER`` to a binary to use that instead. ``main`` is ``modelbus engine build``.
 
-Build flags, measured (docs/benchmarks.md): ``portable`` (AVX2/FMA/F16C), the default, was the fastest on
-our AVX-512 CPUs too; ``avx512`` (AVX-512 F/VNNI/VBMI/BF16, AMX off) generated about half as fast with 4
-requests at once. A ``-march=native`` build turns on llama.cpp's AMX kernels on CPUs with AMX, and those
-crashed on batches of more than one token here. ``MODELBUS_LLAMA_FLAVOR`` picks another flavor.
+Build flags, measured (docs/benchmarks.md): ``avx512`` (AVX-512 F/BW/VL/VNNI/VBMI/BF16, AMX off) where the
+CPU has all of those: on ours it generated 1.2x as fast as ``portable`` with one request and 1.4x with 4;
+else ``portable`` (AVX2/FMA/F16C). A ``-march=native`` build turns on llama.cpp's AMX kernels on CPUs with
+AMX, and those crashed on batches of more than one token here. ``MODELBUS_LLAMA_FLAVOR`` picks a flavor.
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ __all__ = (
 BINARY = "llama-server"
 ENV_BINARY = "MODELBUS_LLAMA_SERVER"
 ENV_FLAVOR = "MODELBUS_LLAMA_FLAVOR"
-DEFAULT_FLAVOR = "portable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +94,30 @@ FLAVORS: Mapping[str, tuple[str, ...]] = MappingProxyType(
         ),
     }
 )
+_AVX512_CPU_FLAGS = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512vbmi", "avx512_bf16"})
 _PERCENT = re.compile(rb"^\[\s*(\d+)%\]")
 
 
-def default_flavor(environ: Mapping[str, str]) -> str:
-    """``$MODELBUS_LLAMA_FLAVOR``, else ``portable`` (the fastest we measured, also on AVX-512 CPUs)."""
-    return environ.get(ENV_FLAVOR) or DEFAULT_FLAVOR
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The instruction-set flags of this CPU (empty where ``/proc/cpuinfo`` is not there)."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+def default_flavor(environ: Mapping[str, str], flags: frozenset[str] | None = None) -> str:
+    """``$MODELBUS_LLAMA_FLAVOR``, else ``avx512`` where the CPU has every extension it uses, else
+    ``portable``."""
+    if chosen := environ.get(ENV_FLAVOR):
+        return chosen
+    flags = cpu_flags() if flags is None else flags
+    return "avx512" if flags >= _AVX512_CPU_FLAGS else "portable"
 
 
 def engine_cache_dir(environ: Mapping[str, str]) -> Path:
@@ -236,7 +253,7 @@ def _parser() -> argparse.ArgumentParser:
         "--flavor",
         choices=sorted(FLAVORS),
         default=None,
-        help=f"default: ${ENV_FLAVOR}, else {DEFAULT_FLAVOR}",
+        help=f"default: ${ENV_FLAVOR}, else this CPU's best",
     )
     return parser
 

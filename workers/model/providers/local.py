@@ -97,6 +97,9 @@ class LocalProvider:
         http = OpenAIProvider(
             self.model, self.state, endpoint="http://llama/v1", unix_socket=server.socket,
             upstream_model=self.model.name, where=f"the llama-server of {self.model.name}",
+            # llama-server drops a kept-alive connection after a streamed answer without saying so, and the
+            # next request sent on it fails (measured: 1 in 7); a Unix socket connection costs nothing
+            reuse_connections=False,
         )  # fmt: skip
         self.server, self._http = server, http
         try:

@@ -70,6 +70,7 @@ class OpenAIProvider:
         unix_socket: Path | None = None,
         upstream_model: str | None = None,
         where: str | None = None,
+        reuse_connections: bool = True,
     ) -> None:
         self.model = model
         self.state = state
@@ -83,6 +84,7 @@ class OpenAIProvider:
         self.where = where or self.endpoint  # how error messages name the server
         self.upstream_model = upstream_model or model.provider_model
         self._unix_socket = unix_socket
+        self._reuse = reuse_connections
         self._url = f"{self.endpoint}/chat/completions"
         self._session: aiohttp.ClientSession | None = None
 
@@ -90,10 +92,11 @@ class OpenAIProvider:
         """The HTTP session, created on first use (inside the running event loop)."""
         if self._session is None:
             limit = self.state.capacity + 2
+            reuse = {"keepalive_timeout": 30} if self._reuse else {"force_close": True}
             connector: aiohttp.BaseConnector = (
-                aiohttp.UnixConnector(path=str(self._unix_socket), limit=limit, keepalive_timeout=30)
+                aiohttp.UnixConnector(path=str(self._unix_socket), limit=limit, **reuse)
                 if self._unix_socket is not None
-                else aiohttp.TCPConnector(limit=limit, keepalive_timeout=30)
+                else aiohttp.TCPConnector(limit=limit, **reuse)
             )
             self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
         return self._session
