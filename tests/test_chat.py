@@ -270,16 +270,10 @@ async def test_a_revoked_key_turns_the_model_to_error_until_it_works_again(nats_
         upstream.upstream.behaviour = Behaviour(fail_status=401, fail_message="key revoked")
         with pytest.raises(openai.AuthenticationError):
             await stack.client().chat.completions.create(model="gpt-4.1", messages=MESSAGES)
-        async with httpx.AsyncClient(base_url=stack.base_url) as http:
-            with anyio.fail_after(10):
-                while True:
-                    view = (await http.get("/v1/models/gpt-4.1", params={"status": "true"})).json()
-                    if view["status"] == "error":
-                        break
-                    await anyio.sleep(0.05)
-            assert view["error"]["code"] == "model.auth"
-            upstream.upstream.behaviour = Behaviour()
-            await stack.wait_ready()  # re-checked with backoff, and back on its own
+        view = await stack.wait_status("gpt-4.1", "error", timeout=10)
+        assert view["error"]["code"] == "model.auth"
+        upstream.upstream.behaviour = Behaviour()
+        await stack.wait_ready()  # re-checked with backoff, and back on its own
 
 
 async def test_requests_queued_for_a_model_that_turns_error_get_503_at_once_and_never_run(
@@ -425,13 +419,7 @@ async def test_llama_server_not_supported_is_400_and_loading_is_503_model_not_re
         assert (error["code"], error["type"]) == ("model_not_ready", "server_error")
         assert "Loading model" in error["message"]
         # the model cannot serve anyone while it loads: it turns error until its server answers again
-        async with httpx.AsyncClient(base_url=stack.base_url) as http:
-            with anyio.fail_after(10):
-                while True:
-                    view = (await http.get("/v1/models/gpt-4.1", params={"status": "true"})).json()
-                    if view["status"] == "error":
-                        break
-                    await anyio.sleep(0.05)
+        view = await stack.wait_status("gpt-4.1", "error", timeout=10)
         assert view["error"]["code"] == "model.loading"
         upstream.upstream.behaviour = Behaviour()
         await stack.wait_ready()

@@ -28,7 +28,6 @@ import json
 import os
 import statistics
 import subprocess
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,12 +35,11 @@ from pathlib import Path
 
 import httpx
 import msgspec
-import uvloop
 
 from services.config import ModelConfig, parse_config
 from tests.bench.chat import cpu_seconds, free_port, wait_ready
 from tests.bench.soak import percentile
-from tests.bench.system import running_system
+from tests.bench.system import run_main, running_system
 from tests.support.processes import ServiceProcess, wait_http_ok
 from workers.model.catalog import model_cache_dir, resolve_model_file
 from workers.model.engine.build import ENV_BINARY, find_llama_server, usable_cores
@@ -375,9 +373,4 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=None, help="default: every usable core")
     parser.add_argument("--llama-args", default="", help="more llama-server flags, e.g. '--flash-attn on'")
     parser.add_argument("--keep", type=Path, default=None, help="keep the logs and data in this folder")
-    args = parser.parse_args()
-    if args.keep:
-        args.keep.mkdir(parents=True, exist_ok=True)
-        raise SystemExit(uvloop.run(main(args, args.keep)))
-    with tempfile.TemporaryDirectory(prefix="modelbus-bench-local-") as tmp:
-        raise SystemExit(uvloop.run(main(args, Path(tmp))))
+    run_main(main, parser.parse_args(), prefix="modelbus-bench-local-")

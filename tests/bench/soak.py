@@ -15,17 +15,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import aiohttp
 import msgspec
-import uvloop
 
 from tests.bench.chat import free_port, wait_ready
-from tests.bench.system import System, rss_kib, running_system
+from tests.bench.system import System, rss_kib, run_main, running_system
 
 TOP5 = (
     "SELECT customer_id, customer_name, sum(total) AS total_sales FROM sales_data "
@@ -247,9 +245,4 @@ if __name__ == "__main__":
     parser.add_argument("--max-growth", type=float, default=10.0, help="RSS growth target in %%")
     parser.add_argument("--progress", type=float, default=60.0, help="print a progress line this often (s)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the logs and data in this folder")
-    args = parser.parse_args()
-    if args.keep:
-        args.keep.mkdir(parents=True, exist_ok=True)
-        raise SystemExit(uvloop.run(main(args, args.keep)))
-    with tempfile.TemporaryDirectory(prefix="modelbus-soak-") as tmp:
-        raise SystemExit(uvloop.run(main(args, Path(tmp))))
+    run_main(main, parser.parse_args(), prefix="modelbus-soak-")

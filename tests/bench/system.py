@@ -3,19 +3,22 @@ stand-in upstreams and the modelbus services, exactly as an operator would; read
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import uvloop
 
 from services.runtime.embedded_nats import EmbeddedNats
 from tests.support.processes import ServiceProcess, modelbus_argv
 
-__all__ = ("System", "rss_kib", "running_system")
+__all__ = ("System", "rss_kib", "run_main", "running_system")
 
 # service name -> the ``modelbus`` sub-command that runs it
 SERVICES: Mapping[str, tuple[str, ...]] = {
@@ -103,3 +106,15 @@ async def _wait_upstreams(ports: Iterable[int]) -> None:
                 await asyncio.sleep(0.1)
             else:
                 raise TimeoutError(f"the stand-in upstream on port {port} did not start")
+
+
+def run_main(
+    main: Callable[[argparse.Namespace, Path], Awaitable[int]], args: argparse.Namespace, *, prefix: str
+) -> None:
+    """Run ``main(args, workdir)`` under uvloop and exit with its code; the work folder is ``args.keep``
+    (kept, for its logs) or a temporary one."""
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        raise SystemExit(uvloop.run(main(args, args.keep)))
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        raise SystemExit(uvloop.run(main(args, Path(tmp))))

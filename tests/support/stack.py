@@ -66,14 +66,19 @@ class Stack:
         return client
 
     async def wait_ready(self, model: str = "gpt-4.1", timeout: float = 30) -> None:
+        await self.wait_status(model, "ready", timeout=timeout)
+
+    async def wait_status(self, model: str, status: str, *, timeout: float = 30) -> dict[str, Any]:
+        """Poll ``/v1/models/<model>?status=true`` until it reads ``status``; that view."""
         keys = self.config.runtime.auth.api_keys
         headers = {"X-API-Key": keys[0]} if keys else None
         async with httpx.AsyncClient(base_url=self.base_url, headers=headers) as http:
             with anyio.fail_after(timeout):
                 while True:
                     response = await http.get(f"/v1/models/{model}", params={"status": "true"})
-                    if response.status_code == 200 and response.json().get("status") == "ready":
-                        return
+                    if response.status_code == 200 and response.json().get("status") == status:
+                        view: dict[str, Any] = response.json()
+                        return view
                     await anyio.sleep(0.05)
 
 
