@@ -4,7 +4,8 @@ The response format travels with the request (the ingress negotiates it from ``A
 renders the body and the ingress passes it through. :func:`negotiate` is Spice's rule:
 ``application/sql`` anywhere in the header means "the SQL only, not executed"; otherwise the first
 recognised media type in header order wins; q-values and other parameters are ignored; a missing, empty,
-wildcard or unknown header gives JSON.
+wildcard or unknown header gives JSON. ``application/vnd.spiceai.sql.v1+json``, Spice's other name for the
+vnd envelope, selects it too.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ class ResponseFormat(enum.StrEnum):
         return self is not ResponseFormat.SQL
 
 
-_BY_MEDIA_TYPE = {f.value: f for f in ResponseFormat}
+# Spice's other name for the vnd envelope; answered with the envelope's own content type
+VND_ALIAS = "application/vnd.spiceai.sql.v1+json"
+_BY_MEDIA_TYPE = {**{f.value: f for f in ResponseFormat}, VND_ALIAS: ResponseFormat.VND}
 
 
 def negotiate(accept: str | None) -> ResponseFormat:

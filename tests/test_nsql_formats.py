@@ -190,6 +190,7 @@ def test_sql_only_renders_without_a_result() -> None:
         ("text", ResponseFormat.JSON),  # the seed's example header: unknown, so JSON
         ("application/json", ResponseFormat.JSON),
         ("application/vnd.spiceai.nsql.v1+json", ResponseFormat.VND),
+        ("application/vnd.spiceai.sql.v1+json", ResponseFormat.VND),  # Spice's other name for it
         ("text/csv", ResponseFormat.CSV),
         ("TEXT/PLAIN; charset=utf-8", ResponseFormat.TEXT),
         ("text/csv, text/plain", ResponseFormat.CSV),  # first recognised wins ...
