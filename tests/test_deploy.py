@@ -252,7 +252,7 @@ def test_the_container_config_validates_and_points_at_the_compose_services() -> 
         assert url.split("//")[1].split(":")[0] in services
     assert Path(config.runtime.state_dir).is_absolute()  # the config folder is a read-only mount
     assert [m.from_ for m in config.models] == ["local:qwen2.5-coder-0.5b-instruct"]
-    assert [d.from_ for d in config.datasets] == ["sample:sales_data"]
+    assert [d.from_ for d in config.datasets] == ["sample:sales_data", "sample:customers", "sample:products"]
     assert config.models[0].datasets == ("sales_data",)
 
 

@@ -221,6 +221,144 @@ def test_the_sample_is_deterministic(nsql_engine: ClickHouse, sales_dataset: Dat
     assert (str(first), str(last)) == ("2022-01-01", "2025-12-31")
 
 
+CUSTOMER_COLUMNS = [
+    ("customer_id", "UInt32"),
+    ("customer_name", "String"),
+    ("segment", "LowCardinality(String)"),
+    ("region", "LowCardinality(String)"),
+    ("country", "LowCardinality(String)"),
+    ("signup_date", "Date"),
+]
+PRODUCT_COLUMNS = [
+    ("product", "String"),
+    ("category", "LowCardinality(String)"),
+    ("supplier", "LowCardinality(String)"),
+    ("list_price", "Decimal(10, 2)"),
+    ("unit_cost", "Decimal(10, 2)"),
+]
+COUNTRIES = {
+    "North America": {"United States", "Canada", "Mexico"},
+    "Europe": {"Germany", "France", "United Kingdom", "Italy"},
+    "Asia Pacific": {"Japan", "Australia", "India", "Singapore"},
+    "Latin America": {"Brazil", "Argentina", "Chile", "Colombia"},
+    "Middle East & Africa": {"United Arab Emirates", "Saudi Arabia", "South Africa", "Nigeria"},
+}
+
+
+def columns(engine: ClickHouse, table: TableRef) -> list[tuple[object, ...]]:
+    return admin_rows(
+        engine,
+        f"SELECT name, type FROM system.columns WHERE database = '{table.database}' "
+        f"AND table = '{table.table}' ORDER BY position",
+    )
+
+
+def checksum(engine: ClickHouse, table: TableRef) -> int:
+    rows = admin_rows(engine, f"SELECT groupBitXor(cityHash64(*)) FROM {table.sql}")
+    return int(str(rows[0][0]))
+
+
+def double_rows(engine: ClickHouse, table: TableRef) -> None:
+    sql = f"INSERT INTO {table.sql} SELECT * FROM {table.sql}"
+    engine.admin(lambda client: client.command(sql))
+
+
+def ready_table(dataset: Dataset) -> TableRef:
+    assert dataset.ready, dataset.error_message
+    assert dataset.table is not None
+    return dataset.table
+
+
+def test_the_join_samples_have_their_columns_and_sizes(nsql_engine: ClickHouse) -> None:
+    customers = load(nsql_engine, "customers", "sample:customers")
+    products = load(nsql_engine, "products", "sample:products")
+    assert columns(nsql_engine, ready_table(customers)) == CUSTOMER_COLUMNS
+    assert columns(nsql_engine, ready_table(products)) == PRODUCT_COLUMNS
+    assert (customers.rows, products.rows) == (2000, 28)
+    assert customers.description is not None
+    assert "customer_id" in customers.description
+    assert products.description is not None
+    assert "product" in products.description
+
+    table = ready_table(customers).sql
+    ids = admin_rows(
+        nsql_engine, f"SELECT min(customer_id), max(customer_id), uniqExact(customer_id) FROM {table}"
+    )
+    assert ids == [(1, 2000, 2000)]
+    segments = admin_rows(nsql_engine, f"SELECT DISTINCT segment FROM {table} ORDER BY segment")
+    assert [s for (s,) in segments] == ["Consumer", "Enterprise", "Public Sector", "Small Business"]
+    places = admin_rows(nsql_engine, f"SELECT DISTINCT region, country FROM {table}")
+    found: dict[str, set[str]] = {}
+    for region, country in places:
+        found.setdefault(str(region), set()).add(str(country))
+    assert found == COUNTRIES
+    dates = admin_rows(nsql_engine, f"SELECT min(signup_date), max(signup_date) FROM {table}")
+    first, last = (str(d) for d in dates[0])
+    assert "2019-01-01" <= first <= last <= "2024-12-31"
+
+    suppliers = admin_rows(nsql_engine, f"SELECT uniqExact(supplier) FROM {ready_table(products).sql}")
+    assert suppliers == [(7,)]
+
+
+def test_the_join_samples_agree_with_sales_data(nsql_engine: ClickHouse) -> None:
+    sales = ready_table(load(nsql_engine, "sales_20k", "sample:sales_data", rows="20000")).sql
+    customers = ready_table(load(nsql_engine, "customers", "sample:customers")).sql
+    products = ready_table(load(nsql_engine, "products", "sample:products")).sql
+
+    by_customer = admin_rows(
+        nsql_engine,
+        f"SELECT count(), countIf(c.customer_name != s.customer_name OR c.region != s.region) "
+        f"FROM {sales} AS s INNER JOIN {customers} AS c ON c.customer_id = s.customer_id",
+    )
+    assert by_customer == [(20000, 0)]  # every order finds its customer, with the same name and region
+    by_product = admin_rows(
+        nsql_engine,
+        f"SELECT count(), countIf(p.category != s.category OR p.list_price != s.unit_price) "
+        f"FROM {sales} AS s INNER JOIN {products} AS p ON p.product = s.product",
+    )
+    assert by_product == [(20000, 0)]
+    catalogue = admin_rows(
+        nsql_engine,
+        f"SELECT count() FROM (SELECT DISTINCT product, category, unit_price FROM {sales}) AS s "
+        f"FULL OUTER JOIN {products} AS p ON p.product = s.product "
+        "WHERE s.product = '' OR p.product = '' OR p.category != s.category OR p.list_price != s.unit_price",
+    )
+    assert catalogue == [(0,)]  # the same 28 products both ways
+    costs = admin_rows(
+        nsql_engine,
+        f"SELECT countIf(unit_cost * 100 < list_price * 45 OR unit_cost * 100 > list_price * 80), "
+        f"min(unit_cost / list_price) < max(unit_cost / list_price) FROM {products}",
+    )
+    assert costs == [(0, True)]
+
+
+def test_the_join_samples_are_deterministic_and_reused(nsql_engine: ClickHouse) -> None:
+    for name, size, expected in (
+        ("customers", 2000, 6354660947383362428),
+        ("products", 28, 1440624376352391657),
+    ):
+        table = ready_table(load(nsql_engine, name, f"sample:{name}"))
+        copy = ready_table(load(nsql_engine, f"{name}_copy", f"sample:{name}"))
+        assert checksum(nsql_engine, table) == checksum(nsql_engine, copy) == expected  # on every machine
+
+        generated = table_uuid(nsql_engine, table)
+        again = load(nsql_engine, name, f"sample:{name}")  # a restart: the marker is there
+        assert again.rows == size
+        assert table_uuid(nsql_engine, table) == generated  # not generated a second time
+
+        double_rows(nsql_engine, table)  # an incomplete or tampered table is generated again
+        repaired = load(nsql_engine, name, f"sample:{name}")
+        assert repaired.rows == size
+        assert table_uuid(nsql_engine, table) != generated
+        assert checksum(nsql_engine, table) == expected
+
+        refused = load(nsql_engine, f"{name}_small", f"sample:{name}", rows="100")
+        assert refused.error is not None
+        assert refused.error.code == "dataset.validation"
+        assert refused.error_message is not None
+        assert "fixed size" in refused.error_message
+
+
 def test_data_directories_are_claimed_one_per_worker(tmp_path: Path) -> None:
     first = claim_data_dir(tmp_path)
     second = claim_data_dir(tmp_path)

@@ -10,8 +10,9 @@
   "false"`` reads a CSV without a header row;
 - ``history:task_history``: the task history table (``runtime.history``) in ``<database>``, created empty
   when missing; the history sink fills it (with the embedded engine, the NSQL worker runs that sink);
-- ``sample:sales_data``: the built-in deterministic sample (``sample_data.py``), generated into
-  ``<database>.<name>``; ``params.rows`` changes its size.
+- ``sample:sales_data``, ``sample:customers``, ``sample:products``: the built-in deterministic samples
+  (``sample_data.py``), each generated on its own into ``<database>.<name>``; ``params.rows`` changes the
+  size of ``sales_data`` and is refused for the two fixed-size samples (2000 customers, 28 products).
 
 Loading is idempotent across restarts of one data directory: a loaded table carries a comment naming its
 source (generator version, or file path, size and mtime) and its row count; when both still match, the
@@ -140,7 +141,7 @@ def parse_source(config: DatasetConfig, *, base_dir: Path) -> Source:
             raise DatasetError(
                 ErrorType.NOT_FOUND, f"dataset {config.name!r}: no sample {rest!r} (there is {known})"
             )
-        return SampleSource(spec=spec, rows=_positive_int(config, "rows", spec.rows))
+        return SampleSource(spec=spec, rows=_sample_rows(config, spec))
     raise DatasetError(
         ErrorType.VALIDATION,
         f"dataset {config.name!r}: unsupported source {scheme!r}; "
@@ -162,6 +163,20 @@ def _file_source(config: DatasetConfig, rest: str, base_dir: Path) -> FileSource
     if kind in ("csv", "tsv") and config.params.get("csv_has_header", "true").lower() == "false":
         fmt = fmt.removesuffix("WithNames")
     return FileSource(path=path, format=fmt)
+
+
+def _sample_rows(config: DatasetConfig, spec: sample_data.SampleSpec) -> int:
+    """The sample's size: ``params.rows`` for a resizable sample; refused for a fixed-size one, whose size
+    is what it describes (every customer id, every product), so a smaller table would break joins."""
+    if spec.resizable:
+        return _positive_int(config, "rows", spec.rows)
+    if "rows" in config.params:
+        raise DatasetError(
+            ErrorType.VALIDATION,
+            f"dataset {config.name!r}: sample:{spec.name} has a fixed size ({spec.rows} rows); "
+            "remove params.rows",
+        )
+    return spec.rows
 
 
 def _positive_int(config: DatasetConfig, key: str, default: int) -> int:
@@ -287,7 +302,7 @@ def _load_sample(engine: ClickHouse, client: Any, name: str, source: SampleSourc
     if _table_comment(client, table) == expected and _count(client, table) == source.rows:
         log.info("dataset.reused", dataset=name, table=str(table))
         return table, source.rows
-    client.command(sample_data.create_statement(table, source.rows))
+    client.command(sample_data.create_statement(table, source.rows, spec=source.spec))
     return table, _count(client, table)
 
 
