@@ -51,6 +51,11 @@ fmt:
 bench *args:
     {{ venv }}/python -m tests.bench "$@"
 
+[group('check')]
+[doc('NSQL evaluation: ask evals/nsql/questions.yaml over POST /v1/nsql of a running system and score the answers (--base-url, --split dev|test|all, --model, --group, --concurrency, --json FILE, --check-gold)')]
+eval-nsql *args:
+    {{ venv }}/python -m evals.nsql "$@"
+
 [group('dev')]
 [doc('re-pin requirements/*.txt from the *.in files and the installed venv')]
 lock:
