@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,17 +23,18 @@ import anyio
 import anyio.abc
 import structlog
 
-__all__ = ("EngineExited", "LlamaServerProcess", "describe_exit")
+__all__ = ("BASE_URL", "EngineExited", "LlamaServerProcess", "describe_exit")
 
 log = structlog.get_logger(__name__)
 
 PR_SET_PDEATHSIG = 1
+BASE_URL = "http://llama"  # any host: requests go to the child's Unix socket
 STOP_TIMEOUT = 5.0
 TAIL_LINES = 30
 # Runs in the child before exec: SIGKILL on the parent's death, and give up if the parent is already gone.
 _EXEC_STUB = (
     "import ctypes, os, signal, sys\n"
-    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)\n"
+    f"ctypes.CDLL(None, use_errno=True).prctl({PR_SET_PDEATHSIG}, signal.SIGKILL)\n"
     "os.getppid() == int(sys.argv[1]) or os._exit(1)\n"
     "os.execv(sys.argv[2], sys.argv[2:])\n"
 )
@@ -66,7 +66,7 @@ class LlamaServerProcess:
         self.argv = [str(binary), "--host", str(self.socket), *args]
         self.process: anyio.abc.Process | None = None
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-        self.started_at = 0.0
+        self.ready_at = 0.0  # monotonic time it turned ready
         self.ready = False  # answered its health check and a real completion
         self.watched = False  # its output and exit are being followed
 
@@ -83,7 +83,6 @@ class LlamaServerProcess:
         self.process = await anyio.open_process(
             [*stub, *self.argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
-        self.started_at = time.monotonic()
         log.info("llama_server.started", model=self.name, pid=self.process.pid, argv=self.argv[1:])
 
     async def drain_output(self) -> None:
@@ -111,7 +110,7 @@ class LlamaServerProcess:
                 if self.process.returncode is not None:
                     raise EngineExited(f"llama-server {describe_exit(self.process.returncode)}")
                 try:
-                    async with session.get("http://llama/health") as response:
+                    async with session.get(f"{BASE_URL}/health") as response:
                         if response.status == 200:
                             return
                 except aiohttp.ClientError:

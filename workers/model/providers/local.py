@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -26,7 +27,7 @@ from services.config import ModelConfig
 from services.runtime.worker import ModelState
 from workers.model.catalog import model_cache_dir, resolve_model_file, verify
 from workers.model.engine.build import find_llama_server, usable_cores
-from workers.model.engine.process import EngineExited, LlamaServerProcess, describe_exit
+from workers.model.engine.process import BASE_URL, EngineExited, LlamaServerProcess, describe_exit
 from workers.model.providers.base import ChatCall, CheckFailed, Emit, ProviderError
 from workers.model.providers.openai_compat import OpenAIProvider
 from workers.model.providers.tool_calls import constrain_tool_choice, offered_tools, parse_tool_calls
@@ -95,7 +96,7 @@ class LocalProvider:
         server = LlamaServerProcess(binary, llama_server_args(self.model, path, threads=self.threads),
                                     name=self.model.name)  # fmt: skip
         http = OpenAIProvider(
-            self.model, self.state, endpoint="http://llama/v1", unix_socket=server.socket,
+            self.model, self.state, endpoint=f"{BASE_URL}/v1", unix_socket=server.socket,
             upstream_model=self.model.name, where=f"the llama-server of {self.model.name}",
             # llama-server drops a kept-alive connection after a streamed answer without saying so, and the
             # next request sent on it fails (measured: 1 in 7); a Unix socket connection costs nothing
@@ -121,7 +122,7 @@ class LocalProvider:
             raise CheckFailed(LOADING, f"llama-server did not serve {self.model.name}: {reason}; "
                               f"its last output: {server.last_lines()}") from exc  # fmt: skip
         server.ready = True
-        server.started_at = time.monotonic()
+        server.ready_at = time.monotonic()
         log.info("llama_server.ready", model=self.model.name, pid=server.pid, slots=self.state.capacity)
 
     async def _model_file(self) -> Path:
@@ -158,7 +159,7 @@ class LocalProvider:
                 tg.start_soon(server.drain_output)
                 code = await server.wait()
             if server.ready and server is self.server and not self._closed:
-                lived = time.monotonic() - server.started_at
+                lived = time.monotonic() - server.ready_at
                 self._young_deaths = self._young_deaths + 1 if lived < YOUNG else 0
                 message = f"llama-server {describe_exit(code)}; restarting it. Its last output: "
                 log.warning("llama_server.died", model=self.model.name, pid=server.pid, code=code)
@@ -170,22 +171,27 @@ class LocalProvider:
             raise ProviderError(503, f"model {self.model.name} is not loaded", code="model_not_ready")
         return http
 
+    async def _with_tools(self, call: ChatCall, offered: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """The whole completion of a request that offers tools, its tool calls parsed out of the text."""
+        constrained = msgspec.structs.replace(call, body=constrain_tool_choice(call.body))
+        result: dict[str, Any] = msgspec.json.decode(await self._serving().complete(constrained))
+        for choice in result.get("choices") or []:
+            parse_tool_calls(choice, offered)
+        return result
+
     async def complete(self, call: ChatCall) -> bytes:
         offered = offered_tools(call.body)
         if not offered:
             return await self._serving().complete(call)
-        constrained = msgspec.structs.replace(call, body=constrain_tool_choice(call.body))
-        result = msgspec.json.decode(await self._serving().complete(constrained))
-        for choice in result.get("choices") or []:
-            parse_tool_calls(choice, offered)
-        return _encoder.encode(result)
+        return _encoder.encode(await self._with_tools(call, offered))
 
     async def stream(self, call: ChatCall, emit: Emit) -> None:
-        if not offered_tools(call.body):
+        offered = offered_tools(call.body)
+        if not offered:
             await self._serving().stream(call, emit)
             return
         # a tool call is known only once the whole answer is there: generate it, then stream it as deltas
-        result = msgspec.json.decode(await self.complete(call))
+        result = await self._with_tools(call, offered)
         for chunk in completion_as_chunks(result):
             await emit(chunk)
         if call.include_usage and result.get("usage"):
@@ -203,7 +209,7 @@ class LocalProvider:
     async def slots(self) -> list[dict[str, object]]:
         """llama-server's own slot state (``GET /slots``): which slots are processing a request."""
         http = self._serving()
-        async with http.session().get("http://llama/slots") as response:
+        async with http.session().get(f"{BASE_URL}/slots") as response:
             if response.status != 200:
                 raise ProviderError(502, f"llama-server answered /slots with {response.status}")
             found: list[dict[str, object]] = await response.json()
