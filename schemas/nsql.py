@@ -6,6 +6,16 @@ renders the body and the ingress passes it through. :func:`negotiate` is Spice's
 recognised media type in header order wins; q-values and other parameters are ignored; a missing, empty,
 wildcard or unknown header gives JSON. ``application/vnd.spiceai.sql.v1+json``, Spice's other name for the
 vnd envelope, selects it too.
+
+A reply whose message would exceed the server's ``max_payload`` travels as several messages on the reply
+subject: :class:`NsqlReplyPart` ``seq`` 0, 1, ... carrying the body's bytes in order, then the
+:class:`NsqlReply` itself with ``parts`` set and an empty ``body``. Several core messages were chosen over the
+JetStream object store because they need nothing to create, clean up or lose: the parts are gone with the
+request (a deleted or half-written object cannot outlive it), the worker acknowledges the request only after
+the last one is sent, and the receiver proves completeness itself (``seq`` in order, then the announced
+count), so a lost or reordered part is detected, never delivered as a shorter body. The reply comes last so
+that a receiver that only knows single-message replies fails to decode the first part instead of answering
+with an empty body.
 """
 
 from __future__ import annotations
@@ -20,6 +30,8 @@ __all__ = (
     "NsqlQuery",
     "NsqlReady",
     "NsqlReply",
+    "NsqlReplyMessage",
+    "NsqlReplyPart",
     "NsqlRequest",
     "ResponseFormat",
     "negotiate",
@@ -91,6 +103,22 @@ class NsqlReply(msgspec.Struct, frozen=True, kw_only=True, tag="modelbus.v1.nsql
     error_message: str | None = None
     error_code: str | None = None
     attempts: int = 0
+    parts: int = 0  # >0: the body came before this message as that many NsqlReplyPart (and ``body`` is "")
+
+
+class NsqlReplyPart(
+    msgspec.Struct, frozen=True, kw_only=True, tag="modelbus.v1.nsql_reply_part", tag_field="type"
+):
+    """One piece of a body too large for one message (base64 in JSON, so any split of the UTF-8 is safe)."""
+
+    request_id: str
+    worker_id: str
+    seq: int  # 0, 1, ...: the order the pieces join in
+    data: bytes
+
+
+NsqlReplyMessage = NsqlReply | NsqlReplyPart
+"""What arrives on an NSQL request's reply subject."""
 
 
 class NsqlQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -100,6 +128,8 @@ class NsqlQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     model: str | None = None
     datasets: list[Annotated[str, msgspec.Meta(min_length=1)]] | None = None
     sample_data_enabled: bool = False
+    # server-sent events: keep-alive comments while it works, then the answer in one event
+    stream: bool = False
 
 
 class NsqlDatasetStatus(msgspec.Struct, frozen=True, kw_only=True):

@@ -206,7 +206,7 @@ async def test_the_last_failure_is_reported_after_max_attempts(
 
 
 async def test_model_errors_are_the_callers(nsql_engine: ClickHouse, sales_schema: TableSchema) -> None:
-    async def unavailable(messages: list[dict[str, str]]) -> str:
+    async def unavailable(messages: list[dict[str, str]], *, temperature: float = 0.0) -> str:
         raise ConnectionError("no model worker")
 
     with pytest.raises(ConnectionError):

@@ -6,18 +6,16 @@ import msgspec
 
 from tests.support.nsql_fixtures import nsql_engine, sales_dataset, sales_schema
 from workers.nsql.clickhouse import ClickHouse
-from workers.nsql.context import (
+from workers.nsql.context import ColumnInfo, TableSchema, describe_dataset
+from workers.nsql.datasets import Dataset
+from workers.nsql.names import TableRef
+from workers.nsql.prompt import (
     RESPONSE_FORMAT,
     SQL_RESPONSE_SCHEMA,
-    ColumnInfo,
-    TableSchema,
     build_messages,
-    describe_dataset,
     pick_relevant,
     retry_message,
 )
-from workers.nsql.datasets import Dataset
-from workers.nsql.names import TableRef
 
 __all__ = ("nsql_engine", "sales_dataset", "sales_schema")
 
@@ -59,7 +57,7 @@ async def test_describe_dataset_runs_on_the_engine(nsql_engine: ClickHouse, sale
     assert len(schema.columns) == 10
 
 
-def test_samples_go_in_only_when_enabled(sales_schema: TableSchema) -> None:
+def test_sample_rows_go_in_only_when_enabled(sales_schema: TableSchema) -> None:
     plain = build_messages(QUESTION, [sales_schema])
     assert [m["role"] for m in plain] == ["system", "user"]
     assert "ClickHouse" in plain[0]["content"]
@@ -69,12 +67,12 @@ def test_samples_go_in_only_when_enabled(sales_schema: TableSchema) -> None:
     assert "| unit_price | Decimal(10, 2) |" in user
     assert user.rstrip().endswith(QUESTION)
     assert "Example rows" not in user
-    assert "Distinct values" not in user
-    assert "Middle East & Africa" not in user
+    # grounded in the data either way: the values of a low-cardinality column and each date's range
+    assert '"Middle East & Africa"' in user.split("| region |", 1)[1].split("\n", 1)[0]
+    assert "| order_date | Date | from 2022-01-01 to 2025-12-31 |" in user
 
     sampled = build_messages(QUESTION, [sales_schema], sample_data_enabled=True)[1]["content"]
     assert "Example rows of `sales_data`" in sampled
-    assert '"Middle East & Africa"' in sampled
     encoder = msgspec.json.Encoder(decimal_format="number")
     for row in sales_schema.sample_rows:  # JSON objects, one a line, decimals as numbers
         assert f"\n{encoder.encode(row).decode()}" in sampled

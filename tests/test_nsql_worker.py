@@ -36,7 +36,7 @@ from tests.support.stack import FAST_RUNTIME
 from tests.support.upstream import Behaviour, Upstream, UpstreamServer, prompt_tokens
 from workers.model.worker import ModelWorker
 from workers.nsql.clickhouse import ClickHouse
-from workers.nsql.context import RESPONSE_FORMAT
+from workers.nsql.prompt import RESPONSE_FORMAT
 from workers.nsql.worker import NsqlWorker
 
 __all__ = ("nsql_engine",)

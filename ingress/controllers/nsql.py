@@ -2,7 +2,9 @@
 
 The ingress resolves the model and the datasets (so a mistake is a 400 at once), negotiates the format
 from ``Accept``, and queues the request; the NSQL worker asks the model for SQL over the same chat path
-clients use, checks and runs it, renders the answer, and the body comes back as it is.
+clients use, checks and runs it, renders the answer, and the body comes back as it is (put back together
+when it came in parts: :mod:`ingress.nsql_reply`). With ``stream: true`` the answer is server-sent events
+(:mod:`ingress.nsql_stream`); what is refused before the request is queued is still a plain HTTP error.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import uuid
 from functools import partial
 from typing import Annotated, Any
 
-import anyio
 import msgspec
 import nats.errors
 import structlog
@@ -21,13 +22,16 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Schema
 from litestar.openapi.spec.security_requirement import SecurityRequirement
 from litestar.params import Body
+from litestar.response import Stream
 
 from ingress.disconnect import unless_disconnected
 from ingress.errors import ApiError, error_spec, model_not_ready
+from ingress.nsql_reply import ReplyBroken, ReplyWaiter, failure_of
+from ingress.nsql_stream import EVENT_STREAM, SSE_HEADERS, nsql_events
 from ingress.openapi import operation_with_content
 from ingress.request_task import RequestTask
 from ingress.view_store import ModelViewStore
-from schemas.nsql import NsqlQuery, NsqlReply, NsqlRequest, ResponseFormat, negotiate
+from schemas.nsql import NsqlQuery, NsqlRequest, ResponseFormat, negotiate
 from schemas.status import ModelStatus
 from schemas.subjects import NSQL_READY_SUBJECT, NSQL_SUBJECT
 from services.config import Config, ModelConfig
@@ -38,7 +42,6 @@ __all__ = ("nsql_router",)
 
 log = structlog.get_logger(__name__)
 _encoder = msgspec.json.Encoder()
-_reply_decoder = msgspec.json.Decoder(NsqlReply)
 NsqlBody = Annotated[NsqlQuery, Body(description="The question, and optionally the model and datasets")]
 READY_CACHE_S = 1.0
 # Spice's name for "the NSQL model" (its 2025 default, and the seed's example): the default model here
@@ -172,6 +175,20 @@ _FORMAT_CONTENT = {
     ResponseFormat.SQL.value: _text("The SQL only, not executed (`Accept: application/sql`)"),
     ResponseFormat.CSV.value: _text("The rows as RFC 4180 CSV with a header"),
     ResponseFormat.TEXT.value: _text("The rows as an aligned text table"),
+    EVENT_STREAM: OpenAPIMediaType(
+        # OpenAPI 3.1 convention for event streams: the schema describes each event
+        schema=Schema(
+            type=OpenAPIType.OBJECT,
+            description="With `stream: true`: `: nsql still in progress` comments while the question is "
+            "answered, then one event whose `data` is the body the request gets without `stream`, in the "
+            "format `Accept` chose (a `data:` line per line of it), or `event: error` with the error shape.",
+            required=["data"],
+            properties={
+                "event": Schema(type=OpenAPIType.STRING, enum=["message", "error"]),
+                "data": Schema(type=OpenAPIType.STRING),
+            },
+        )
+    ),
 }
 
 
@@ -241,31 +258,37 @@ def nsql_router(
                 headers={"Retry-After": "1"},
             ) from exc
 
-        async def answer() -> bytes:
-            with anyio.fail_after(max(0.0, deadline - time.time())):
-                return await replies.receive()
-
+        waiter = ReplyWaiter(replies, deadline=deadline, max_bytes=settings.max_reply_bytes)
+        if data.stream:
+            events = nsql_events(
+                waiter,
+                keepalive=settings.stream_keepalive,
+                dispatcher=dispatcher,
+                request_id=request_id,
+                task=task,
+            )
+            return Stream(events, media_type=EVENT_STREAM, headers=SSE_HEADERS)
         try:
-            raw = await unless_disconnected(request, answer)
+            got = await unless_disconnected(request, waiter.wait)
         except TimeoutError as exc:
             await dispatcher.cancel(request_id)
             raise ApiError(504, "The question was not answered in time", code="timeout") from exc
+        except ReplyBroken as exc:
+            await dispatcher.cancel(request_id)
+            log.warning("nsql.reply_incomplete", error=str(exc))
+            raise ApiError(
+                502, f"The NSQL worker's reply was incomplete: {exc}", code="reply_incomplete"
+            ) from exc
         finally:
             dispatcher.forget(request_id)
-        if raw is None:  # the client left: stop the work (and its model calls)
+        if got is None:  # the client left: stop the work (and its model calls)
             await dispatcher.cancel(request_id)
             return Response(content=b"", status_code=499)
-        reply = _reply_decoder.decode(raw)
-        task.add_output(reply.sql or "")
-        if reply.status != 200:
-            raise ApiError(
-                reply.status,
-                reply.error_message or "NSQL failed",
-                code=reply.error_code or "nsql_failed",
-                headers={"Retry-After": "1"} if reply.error_code == "model_not_ready" else None,
-            )
+        task.add_output(got.reply.sql or "")
+        if got.reply.status != 200:
+            raise failure_of(got.reply)
         # Litestar adds "; charset=utf-8" to text/* itself; application/sql gets it from the format
         media_type = fmt.value if fmt.value.startswith("text/") else fmt.content_type
-        return Response(content=reply.body.encode(), status_code=200, media_type=media_type)
+        return Response(content=got.body, status_code=200, media_type=media_type)
 
     return Router(path="/v1", route_handlers=[nsql])

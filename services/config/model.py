@@ -16,6 +16,7 @@ __all__ = (
     "ClickHouseSettings",
     "Config",
     "DatasetConfig",
+    "DatasetExample",
     "HeartbeatSettings",
     "HistorySettings",
     "HttpSettings",
@@ -127,6 +128,17 @@ class NsqlSettings(_Section, frozen=True):
     # distinct values of low-cardinality columns, which help with filters, are still given
     sample_rows: Annotated[int, msgspec.Meta(ge=0)] = 0
     distinct_values: Annotated[int, msgspec.Meta(ge=0)] = 10
+    # SQL candidates per attempt, asked at once (the local engine batches them); their results are voted on.
+    # The first is greedy, the others sampled at candidate_temperature.
+    candidates: PositiveInt = 1
+    candidate_temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] = 0.7
+
+    # --- POST /v1/nsql replies and streams (workers/nsql/reply_parts.py, ingress/nsql_reply.py) ---
+    # The largest rendered answer; a larger one is 400 result_too_large. The worker renders it and the ingress
+    # reassembles it in memory; it crosses NATS in max_payload-sized parts, so keep it well below the server's
+    # max_pending (64 MiB by default).
+    max_reply_bytes: PositiveInt = 16 * 1024 * 1024
+    stream_keepalive: Seconds = 5.0  # `stream: true`: a `: nsql still in progress` comment this often
 
 
 class HistorySettings(_Section, frozen=True):
@@ -205,11 +217,22 @@ class ModelConfig(_Section, frozen=True):
         return self.from_.partition(":")[2]
 
 
+class DatasetExample(_Section, frozen=True):
+    """A worked example for NSQL prompts: a question about the dataset and the SQL that answers it."""
+
+    question: Annotated[str, msgspec.Meta(min_length=1)]
+    sql: Annotated[str, msgspec.Meta(min_length=1)]
+
+
 class DatasetConfig(_Section, frozen=True):
     name: str
     from_: str = msgspec.field(name="from")
     description: str | None = None
     params: dict[str, str] = {}
+    # NSQL prompt context: the column other datasets join on (else inferred: a shared column that has a
+    # distinct value in every row), and worked examples (a built-in sample has its own; these replace them)
+    primary_key: str | None = None
+    examples: tuple[DatasetExample, ...] | None = None
 
 
 class Config(_Section, frozen=True):

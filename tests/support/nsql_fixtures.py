@@ -48,9 +48,11 @@ class ScriptedModel:
     def __init__(self, answers: Sequence[str]) -> None:
         self.answers = list(answers)
         self.calls: list[list[Message]] = []
+        self.temperatures: list[float] = []
 
-    async def __call__(self, messages: list[Message]) -> str:
+    async def __call__(self, messages: list[Message], *, temperature: float = 0.0) -> str:
         self.calls.append([dict(m) for m in messages])
+        self.temperatures.append(temperature)
         await anyio.lowlevel.checkpoint()
         return self.answers[min(len(self.calls), len(self.answers)) - 1]
 

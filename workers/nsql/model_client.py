@@ -1,7 +1,8 @@
 """``ask_model`` over the bus: the NSQL worker asks a model for SQL on the same chat path clients use.
 
 Each call is one plain (non-streaming) chat request on the model's work queue, with the output constrained
-to ``{"sql": "..."}`` (:data:`~workers.nsql.context.RESPONSE_FORMAT`) and temperature 0, bounded by what is
+to ``{"sql": "..."}`` (:data:`~workers.nsql.prompt.RESPONSE_FORMAT`) and temperature 0 (higher for the
+sampled candidates of a vote), bounded by what is
 left of the NSQL request's deadline. Anything but an answer raises :class:`ModelCallError`, which carries
 the status and code the NSQL client gets:
 
@@ -27,8 +28,9 @@ import msgspec
 
 from schemas.chat import CONTEXT_LENGTH_EXCEEDED, ChatFailure, ChatResult
 from services.runtime.chat_client import BusUnavailable, ChatDispatcher, QueueFull, ReplyLost
-from workers.nsql.context import RESPONSE_FORMAT, Message
+from workers.nsql.context import Message
 from workers.nsql.generate import ContextExceeded
+from workers.nsql.prompt import RESPONSE_FORMAT
 
 __all__ = ("BusModel", "ModelCallError", "ModelContextExceeded", "nsql_status")
 
@@ -69,12 +71,12 @@ def nsql_status(chat_status: int) -> int:
     return 502 if chat_status in (401, 403) else chat_status
 
 
-def request_body(model: str, messages: list[Message]) -> bytes:
+def request_body(model: str, messages: list[Message], temperature: float = 0.0) -> bytes:
     body: dict[str, Any] = {
         "model": model,
         "messages": messages,
         "response_format": RESPONSE_FORMAT,
-        "temperature": 0,
+        "temperature": temperature,
     }
     return _encoder.encode(body)
 
@@ -91,7 +93,7 @@ class BusModel:
         self.traceparent = traceparent
         self.calls = 0
 
-    async def __call__(self, messages: list[Message]) -> str:
+    async def __call__(self, messages: list[Message], *, temperature: float = 0.0) -> str:
         self.calls += 1
         remaining = self.deadline - time.time()
         if remaining <= 0:
@@ -100,7 +102,7 @@ class BusModel:
         try:
             pending = await self.dispatcher.submit(
                 model,
-                request_body(model, messages),
+                request_body(model, messages, temperature),
                 request_id=uuid.uuid4().hex,  # one per attempt: the chat stream de-duplicates by id
                 stream=False,
                 include_usage=False,

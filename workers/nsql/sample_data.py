@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import msgspec
 
+from services.config.model import DatasetExample
 from workers.nsql.names import TableRef, quote_string
 
 __all__ = (
@@ -159,6 +160,7 @@ class SampleSpec(msgspec.Struct, frozen=True, kw_only=True):
     description: str
     version: int
     resizable: bool = True
+    examples: tuple[DatasetExample, ...] = ()  # worked examples for NSQL prompts over this sample
 
 
 SALES_DATA = SampleSpec(
@@ -168,6 +170,24 @@ SALES_DATA = SampleSpec(
     description=(
         "Sales orders, one row per order (2022-2025): the customer who ordered (customer_id, customer_name, "
         "region), the product and its category, quantity, unit_price and total = unit_price * quantity."
+    ),
+    examples=(
+        DatasetExample(
+            question="How many units of each category were sold in June 2024?",
+            sql="SELECT category, sum(quantity) AS units FROM sales_data "
+            "WHERE order_date >= '2024-06-01' AND order_date < '2024-07-01' GROUP BY category ORDER BY units DESC",
+        ),
+        DatasetExample(
+            question="Which customers spent more than 500,000 in 2025? Show their totals.",
+            sql="SELECT customer_id, customer_name, sum(total) AS total_spent FROM sales_data "
+            "WHERE toYear(order_date) = 2025 GROUP BY customer_id, customer_name "
+            "HAVING total_spent > 500000 ORDER BY total_spent DESC",
+        ),
+        DatasetExample(
+            question="What is the 75th percentile of order quantity in each region?",
+            sql="SELECT region, quantileExact(0.75)(quantity) AS p75_quantity FROM sales_data "
+            "GROUP BY region",
+        ),
     ),
 )
 CUSTOMERS = SampleSpec(
@@ -180,6 +200,14 @@ CUSTOMERS = SampleSpec(
         "Business, Enterprise, Public Sector), region, country and signup_date. Joins sales_data on "
         "customer_id; customer_name and region are the same as in sales_data."
     ),
+    examples=(
+        DatasetExample(
+            question="What is the average quantity per order of customers who signed up in 2022, by segment?",
+            sql="SELECT c.segment AS segment, avg(s.quantity) AS avg_quantity FROM sales_data AS s "
+            "INNER JOIN customers AS c ON c.customer_id = s.customer_id "
+            "WHERE toYear(c.signup_date) = 2022 GROUP BY segment",
+        ),
+    ),
 )
 PRODUCTS = SampleSpec(
     name="products",
@@ -190,6 +218,14 @@ PRODUCTS = SampleSpec(
         "The product catalogue, one row per product (28): category, supplier, list_price and unit_cost. "
         "Joins sales_data on product; sales_data.unit_price is list_price, so an order's cost is "
         "unit_cost * quantity and its margin total - unit_cost * quantity."
+    ),
+    examples=(
+        DatasetExample(
+            question="How many orders of each supplier's products were placed in 2024?",
+            sql="SELECT p.supplier AS supplier, count() AS orders FROM sales_data AS s "
+            "INNER JOIN products AS p ON p.product = s.product "
+            "WHERE toYear(s.order_date) = 2024 GROUP BY supplier ORDER BY orders DESC",
+        ),
     ),
 )
 SAMPLES: dict[str, SampleSpec] = {spec.name: spec for spec in (SALES_DATA, CUSTOMERS, PRODUCTS)}

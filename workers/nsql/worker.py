@@ -252,7 +252,7 @@ class NsqlWorker:
                 executor=Executor(engine),
                 dispatcher=dispatcher,
                 settings=self.config.runtime.nsql,
-                max_reply_bytes=self.nc.max_payload,
+                max_reply_bytes=self.config.runtime.nsql.max_reply_bytes,
             )
             recorder = self._recorder = TaskRecorder(
                 self.nc, self.config.runtime.history, component="nsql_worker", worker_id=self.worker_id
