@@ -249,3 +249,69 @@ async def test_concurrent_questions_use_separate_readers(
 )
 def test_extract_sql(reply: str, sql: str) -> None:
     assert extract_sql(reply) == sql
+
+
+async def test_candidates_are_asked_at_once_and_the_shared_result_wins(
+    nsql_engine: ClickHouse, sales_schema: TableSchema
+) -> None:
+    lone = (
+        "SELECT customer_id, customer_name, sum(total) AS t FROM sales_data "
+        "GROUP BY customer_id, customer_name ORDER BY t ASC LIMIT 5"
+    )
+    same_rows_other_sql = (
+        "SELECT customer_name, customer_id, sum(total) AS total_sales FROM sales_data "
+        "GROUP BY customer_name, customer_id ORDER BY total_sales DESC LIMIT 5"
+    )
+    model = ScriptedModel([as_json(lone), as_json(TOP5_SQL), as_json(same_rows_other_sql)])
+    outcome = await answer(
+        QUESTION,
+        datasets=[sales_schema],
+        executor=Executor(nsql_engine),
+        ask_model=model,
+        candidates=3,
+        candidate_temperature=0.5,
+    )
+    assert isinstance(outcome, Answered)
+    assert model.temperatures == [0.0, 0.5, 0.5]  # the greedy one first, then the sampled ones
+    assert outcome.attempts == 1
+    assert outcome.sql == TOP5_SQL  # two of three agree on the rows; the first of them is kept
+    assert outcome.result is not None
+    assert sorted(outcome.result.rows) == sorted(
+        reference(nsql_engine, TOP5_SQL.replace("FROM sales_data", "FROM modelbus.sales_data"))
+    )
+    assert outcome.explanation is not None
+    assert "sum(total) as total_sales per customer_id, customer_name" in outcome.explanation
+    assert "from sales_data" in outcome.explanation
+
+
+async def test_a_failing_greedy_candidate_is_outvoted_by_one_that_runs(
+    nsql_engine: ClickHouse, sales_schema: TableSchema
+) -> None:
+    model = ScriptedModel([as_json("SELECT nope FROM sales_data"), as_json(TOP5_SQL)])
+    outcome = await answer(
+        QUESTION, datasets=[sales_schema], executor=Executor(nsql_engine), ask_model=model, candidates=2
+    )
+    assert isinstance(outcome, Answered)
+    assert outcome.sql == TOP5_SQL
+    assert len(model.calls) == 2  # no retry: one candidate of the first attempt ran
+
+
+async def test_a_retry_says_which_table_has_the_missing_column(nsql_engine: ClickHouse) -> None:
+    from tests.test_nsql_grounding import _samples  # the three real samples, described
+
+    schemas = await _samples(nsql_engine)
+    wrong = "SELECT supplier, sum(total) AS revenue FROM sales_data GROUP BY supplier"
+    right = (
+        "SELECT p.supplier AS supplier, sum(s.total) AS revenue FROM sales_data AS s "
+        "JOIN products AS p ON p.product = s.product GROUP BY supplier"
+    )
+    model = ScriptedModel([as_json(wrong), as_json(right)])
+    outcome = await answer(
+        "Revenue per supplier?", datasets=schemas, executor=Executor(nsql_engine), ask_model=model
+    )
+    assert isinstance(outcome, Answered)
+    assert outcome.attempts == 2
+    feedback = model.calls[1][-1]["content"]
+    assert "How to fix it: `supplier` is a column of `products`" in feedback
+    assert "ON products.product = sales_data.product" in feedback
+    assert outcome.explanation is not None and "joined with products" in outcome.explanation

@@ -92,7 +92,9 @@ async def test_json_keeps_value_types(nsql_engine: ClickHouse) -> None:
 async def test_vnd_envelope(nsql_engine: ClickHouse) -> None:
     result, sql = await run(nsql_engine, TYPES_SQL)
     envelope = json.loads(render(ResponseFormat.VND, result, sql), parse_float=decimal.Decimal)
-    assert set(envelope) == {"row_count", "schema", "data", "sql"}
+    assert set(envelope) == {"row_count", "schema", "data", "sql"}  # no explanation given: none shown
+    explained = json.loads(render(ResponseFormat.VND, result, sql, "Computes one row."))
+    assert explained["explanation"] == "Computes one row."
     assert envelope["row_count"] == len(envelope["data"]) == 1
     assert envelope["sql"] == sql
     fields = {f["name"]: f for f in envelope["schema"]["fields"]}

@@ -71,8 +71,8 @@ async def test_examples_come_from_config_and_only_when_their_tables_are_there(
     )
     needs_customers = DatasetExample(
         question="Orders per country?",
-        sql="SELECT c.country, count() FROM sales_data AS s JOIN customers AS c ON c.customer_id = s.customer_id "
-        "GROUP BY c.country",
+        sql="SELECT c.country, count() FROM sales_data AS s "
+        "JOIN customers AS c ON c.customer_id = s.customer_id GROUP BY c.country",
     )
     sales = DatasetConfig(name="sales_data", from_="sample:sales_data", examples=(own, needs_customers))
     schemas = await _samples(nsql_engine, sales_data=sales)
@@ -146,3 +146,68 @@ def test_joins_need_a_key_on_one_side() -> None:
         Join("users", "kind", "kinds", "kind"),
     ]
     assert infer_joins([events, table("logs", ("line",), ())]) == []
+
+
+def test_the_explanation_says_what_the_sql_computes() -> None:
+    from workers.nsql.explain import explain
+
+    top = explain(
+        "SELECT region, sum(total) AS revenue FROM sales_data WHERE toYear(order_date) = 2024 "
+        "GROUP BY region ORDER BY revenue DESC LIMIT 5"
+    )
+    assert top == (
+        "Computes sum(total) as revenue per region, from sales_data, where toYear(order_date) = 2024, "
+        "highest revenue first, top 5 rows."
+    )
+    joined = explain(
+        "SELECT c.segment AS segment, avg(s.total) AS aov FROM sales_data AS s "
+        "JOIN customers AS c ON c.customer_id = s.customer_id GROUP BY segment HAVING aov > 10"
+    )
+    assert joined is not None
+    assert "avg(s.total) as aov per segment" in joined
+    assert "joined with customers on c.customer_id = s.customer_id" in joined
+    assert "keeping groups where aov > 10" in joined
+    nested = explain("SELECT count() AS n FROM (SELECT customer_id FROM sales_data GROUP BY customer_id)")
+    assert nested == "Computes count() as n, from a subquery over sales_data."
+    pinned = explain("SELECT count() FROM t WHERE d > toDate('2025-12-31') - 30", "2025-12-31")
+    assert pinned is not None and pinned.endswith("dates relative to 2025-12-31, the data's latest date.")
+    assert "relative" not in (explain("SELECT count() FROM t WHERE d > '2024-01-01'", "2025-12-31") or "")
+    assert explain("SELECT a FROM t UNION ALL SELECT a FROM u") == "The union of several queries over t, u."
+    assert explain("SELECT (") is None
+
+
+async def test_hints_name_the_table_that_has_the_column(nsql_engine: ClickHouse) -> None:
+    from workers.nsql.hints import NOT_AN_AGGREGATE, UNKNOWN_IDENTIFIER, hint
+
+    schemas = await _samples(nsql_engine)
+    qualified = hint(
+        UNKNOWN_IDENTIFIER,
+        "Identifier 'sales_data.segment' cannot be resolved from table with name sales_data.",
+        schemas,
+    )
+    assert qualified is not None
+    assert "`segment` is a column of `customers`" in qualified
+    assert "ON customers.customer_id = sales_data.customer_id" in qualified
+    invented = hint(
+        UNKNOWN_IDENTIFIER, "Unknown expression identifier `profit` in scope SELECT profit", schemas
+    )
+    assert invented is not None and "no column `profit`" in invented
+    assert "sum(" in (hint(NOT_AN_AGGREGATE, "Column 'total' is not under aggregate function", schemas) or "")
+    assert hint(62, "Syntax error", schemas) is None  # no known fix: the error goes as it is
+
+
+async def test_every_built_in_example_runs_through_the_guard(nsql_engine: ClickHouse) -> None:
+    from workers.nsql import sample_data
+    from workers.nsql.executor import Executor
+    from workers.nsql.guard import Allowed, check
+
+    schemas = await _samples(nsql_engine)
+    allowed = {s.name: s.table for s in schemas}
+    executor = Executor(nsql_engine)
+    for spec in sample_data.SAMPLES.values():
+        assert spec.examples, spec.name
+        for example in spec.examples:
+            verdict = check(example.sql, allowed)
+            assert isinstance(verdict, Allowed), (example.question, verdict)
+            result = await executor.execute(verdict)
+            assert not isinstance(result, Exception) and getattr(result, "rows", None), example.question

@@ -89,6 +89,8 @@ async def test_each_accept_type_answers_the_seed_question(
                 "total_sales",
             ]
             assert "sales_data" in envelope["sql"]
+            assert envelope["explanation"].startswith("Computes sum(total) as total_sales per customer_id")
+            assert "top 5 rows" in envelope["explanation"]
 
             sql = await http.post("/v1/nsql", json=body, headers={"Accept": "application/sql"})
             assert sql.headers["content-type"] == "application/sql; charset=utf-8"

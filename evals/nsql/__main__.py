@@ -161,10 +161,18 @@ def check_gold(client: Any, questions: Sequence[Question], available: set[str]) 
 
 
 async def ask(
-    http: httpx.AsyncClient, base_url: str, q: Question, model: str | None, datasets: list[str] | None
+    http: httpx.AsyncClient,
+    base_url: str,
+    q: Question,
+    model: str | None,
+    datasets: list[str] | None,
+    *,
+    sample_data: bool = False,
 ) -> tuple[int, Any, float]:
     """POST the question; the status, the decoded body (decimals kept exact) or its text, and the latency."""
     body: dict[str, Any] = {"query": q.question}
+    if sample_data:
+        body["sample_data_enabled"] = True
     if model:
         body["model"] = model
     if datasets:
@@ -217,6 +225,7 @@ async def evaluate(
     datasets: list[str] | None,
     concurrency: int,
     timeout: float,
+    sample_data: bool = False,
 ) -> list[Outcome]:
     """Ask every question, ``concurrency`` at a time, and score each answer."""
     limit = asyncio.Semaphore(concurrency)
@@ -225,7 +234,7 @@ async def evaluate(
     async def one(q: Question, outcome: Outcome) -> None:
         async with limit:
             try:
-                status, body, latency = await ask(http, base_url, q, model, datasets)
+                status, body, latency = await ask(http, base_url, q, model, datasets, sample_data=sample_data)
             except httpx.HTTPError as exc:
                 outcome.error = f"{type(exc).__name__}: {exc}"
                 return
@@ -284,6 +293,9 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--id", action="append", dest="ids", help="only these question ids (repeatable)")
     parser.add_argument("--datasets", nargs="+", help="send these datasets (default: the model's)")
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument(
+        "--sample-data", action="store_true", help="send sample_data_enabled (Spice's approach: with rows)"
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     parser.add_argument("--questions", type=Path, default=QUESTIONS)
     parser.add_argument("--json", type=Path, help="write every result here")
@@ -321,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             datasets=args.datasets,
             concurrency=max(1, args.concurrency),
             timeout=args.timeout,
+            sample_data=args.sample_data,
         )
     )
     print(report(outcomes))

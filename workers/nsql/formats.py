@@ -142,22 +142,30 @@ class _Schema(msgspec.Struct):
     fields: list[_Field]
 
 
-class _Envelope(msgspec.Struct):
+class _Envelope(msgspec.Struct, omit_defaults=True):
     row_count: int
     schema: _Schema
     data: list[dict[str, Any]]
     sql: str
+    explanation: str | None = None
 
 
-def render_vnd(result: QueryResult, sql: str) -> bytes:
-    """``application/vnd.spiceai.nsql.v1+json``: ``{row_count, schema: {fields}, data, sql}``.
+def render_vnd(result: QueryResult, sql: str, explanation: str | None = None) -> bytes:
+    """``application/vnd.spiceai.nsql.v1+json``: ``{row_count, schema: {fields}, data, sql, explanation}``.
 
     ``data_type`` is the ClickHouse type without its ``Nullable``/``LowCardinality`` wrappers
     (``Decimal(38, 2)``, ``String``); ``nullable`` says whether the column can hold ``NULL``. Unlike
-    Spice, ``schema.fields`` is filled even when there are no rows.
+    Spice, ``schema.fields`` is filled even when there are no rows, and ``explanation`` says in one sentence
+    what the SQL computes (:mod:`workers.nsql.explain`; absent when it could not be derived).
     """
     fields = [_Field(c.name, c.base_type, c.nullable) for c in result.columns]
-    envelope = _Envelope(row_count=len(result.rows), schema=_Schema(fields), data=json_rows(result), sql=sql)
+    envelope = _Envelope(
+        row_count=len(result.rows),
+        schema=_Schema(fields),
+        data=json_rows(result),
+        sql=sql,
+        explanation=explanation,
+    )
     return _encoder.encode(envelope)
 
 
@@ -230,14 +238,16 @@ def render_text(result: QueryResult) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def render(fmt: ResponseFormat, result: QueryResult | None, sql: str) -> bytes:
+def render(
+    fmt: ResponseFormat, result: QueryResult | None, sql: str, explanation: str | None = None
+) -> bytes:
     """The response body for ``fmt``; ``result`` may be ``None`` only for :attr:`ResponseFormat.SQL`."""
     if fmt is ResponseFormat.SQL:
         return render_sql(sql)
     if result is None:
         raise ValueError(f"{fmt.value} needs a query result")
     if fmt is ResponseFormat.VND:
-        return render_vnd(result, sql)
+        return render_vnd(result, sql, explanation)
     if fmt is ResponseFormat.CSV:
         return render_csv(result)
     if fmt is ResponseFormat.TEXT:

@@ -36,6 +36,7 @@ from workers.nsql.anchor import pin_today
 from workers.nsql.clickhouse import QueryResult
 from workers.nsql.context import Message, TableSchema
 from workers.nsql.executor import Executor, QueryError
+from workers.nsql.explain import explain
 from workers.nsql.guard import Allowed, Refused, check, clean_model_sql
 from workers.nsql.hints import hint
 from workers.nsql.prompt import anchor_date, build_messages, retry_message
@@ -87,6 +88,7 @@ class Answered(msgspec.Struct, frozen=True, kw_only=True):
     attempts: int
     failures: tuple[Attempt, ...] = ()
     outside_model_ms: float = 0.0  # prompt, guard and engine time, all attempts (the NSQL overhead)
+    explanation: str | None = None  # what the SQL computes, in one sentence
 
 
 class Failed(msgspec.Struct, frozen=True, kw_only=True):
@@ -219,6 +221,7 @@ async def answer(
                 executable=best.executable,
                 result=results[best_at],
                 attempts=attempt,
+                explanation=explain(best.sql, anchor),
                 failures=tuple(failures),
                 outside_model_ms=outside_ms(),
             )

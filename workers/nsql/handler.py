@@ -191,7 +191,9 @@ class NsqlHandler:
     async def _answered(self, request: NsqlRequest, outcome: Answered) -> NsqlReply:
         # in a thread: a large answer takes a while to render, and the worker's loop must keep acknowledging
         # progress (``in_progress``) and answering the bus meanwhile
-        body = await anyio.to_thread.run_sync(render, request.format, outcome.result, outcome.sql)
+        body = await anyio.to_thread.run_sync(
+            render, request.format, outcome.result, outcome.sql, outcome.explanation
+        )
         if len(body) > self.max_reply_bytes:  # the bound on what the worker and the ingress hold
             rows = len(outcome.result.rows) if outcome.result is not None else 0
             return self._error(

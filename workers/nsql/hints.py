@@ -3,7 +3,8 @@
 Told only ClickHouse's message, a small model at temperature 0 repeats its mistake (measured: an unknown
 ``unit_cost`` asked of ``sales_data`` three times over). The commonest failures have a fix the schemas
 know: a column that lives in another table needs that table joined (and the prompt's join says how); a
-column neither grouped nor aggregated needs one of the two. Hints are best effort: an error without one
+column neither grouped nor aggregated needs one of the two; an aggregate in ``WHERE`` belongs in ``HAVING``
+or a subquery; ``sumIf`` takes its condition last. Hints are best effort: an error without one
 is sent as it is.
 """
 
@@ -17,9 +18,11 @@ from workers.nsql.relations import infer_joins
 
 __all__ = ("hint",)
 
+ILLEGAL_TYPE_OF_ARGUMENT = 43
 UNKNOWN_IDENTIFIER = 47
+ILLEGAL_AGGREGATION = 184
 NOT_AN_AGGREGATE = 215
-_IDENTIFIER = re.compile(r"identifier [`'\"]?([A-Za-z_][\w.]*)")
+_IDENTIFIER = re.compile(r"identifier [`'\"]?([A-Za-z_][\w.]*)", re.IGNORECASE)
 
 
 def _unknown_column(message: str) -> str | None:
@@ -48,6 +51,13 @@ def hint(code: int | None, message: str, schemas: Sequence[TableSchema]) -> str 
     """A sentence on how to fix the statement ClickHouse refused with ``code``, or None."""
     if code == UNKNOWN_IDENTIFIER and (column := _unknown_column(message)) is not None:
         return _join_hint(column, schemas)
+    if code == ILLEGAL_AGGREGATION:
+        return (
+            "An aggregate cannot be in WHERE: filter groups with HAVING, or aggregate per entity in a "
+            "subquery and filter or count its rows outside it."
+        )
+    if code == ILLEGAL_TYPE_OF_ARGUMENT and "If suffix" in message:
+        return "The condition is the last argument: sumIf(value, condition), countIf(condition)."
     if code == NOT_AN_AGGREGATE:
         return (
             "Every selected column must be in GROUP BY or inside an aggregate: a value per row (such as a "

@@ -103,8 +103,10 @@ ClickHouse idioms:
   AND toQuarter(d) = 2. A day: d = '2024-03-15'. Never compare a date with one day to mean a month or year.
   Per month: GROUP BY toStartOfMonth(d) (the first day) or toMonth(d) (the month number).
 - Counting: count() rows, uniqExact(x) distinct values, countIf(cond) rows that match.
-- sum(x), avg(x), min(x), max(x); median(x); quantileExact(0.9)(x) for the 90th percentile.
-- A percentage: 100 * sumIf(x, cond) / sum(x), or 100 * countIf(cond) / count().
+- sum(x), avg(x), min(x), max(x). The median: medianExact(x); the 90th percentile: quantileExact(0.9)(x)
+  (median() and quantile() are approximate).
+- A percentage: 100 * sumIf(x, cond) / sum(x) (the condition last), or 100 * countIf(cond) / count().
+  A ratio of Decimal columns keeps only their decimals: divide toFloat64(...) values.
 - Text: col = 'Value' with a value listed for that column; col ILIKE '%part%' for a partial match.
 - A running total: sum(v) OVER (ORDER BY k) over a grouped subquery.
 

@@ -175,13 +175,19 @@ SALES_DATA = SampleSpec(
         DatasetExample(
             question="How many units of each category were sold in June 2024?",
             sql="SELECT category, sum(quantity) AS units FROM sales_data "
-            "WHERE order_date >= '2024-06-01' AND order_date < '2024-07-01' GROUP BY category ORDER BY units DESC",
+            "WHERE order_date >= '2024-06-01' AND order_date < '2024-07-01' "
+            "GROUP BY category ORDER BY units DESC",
         ),
         DatasetExample(
             question="Which customers spent more than 500,000 in 2025? Show their totals.",
             sql="SELECT customer_id, customer_name, sum(total) AS total_spent FROM sales_data "
             "WHERE toYear(order_date) = 2025 GROUP BY customer_id, customer_name "
             "HAVING total_spent > 500000 ORDER BY total_spent DESC",
+        ),
+        DatasetExample(
+            question="What was the average number of orders per customer in 2023?",
+            sql="SELECT avg(orders) AS avg_orders_per_customer FROM (SELECT customer_id, count() AS orders "
+            "FROM sales_data WHERE toYear(order_date) = 2023 GROUP BY customer_id)",
         ),
         DatasetExample(
             question="What is the 75th percentile of order quantity in each region?",
@@ -225,6 +231,12 @@ PRODUCTS = SampleSpec(
             sql="SELECT p.supplier AS supplier, count() AS orders FROM sales_data AS s "
             "INNER JOIN products AS p ON p.product = s.product "
             "WHERE toYear(s.order_date) = 2024 GROUP BY supplier ORDER BY orders DESC",
+        ),
+        DatasetExample(
+            question="What was the margin of Electronics orders in North America in 2024?",
+            sql="SELECT sum(s.total - p.unit_cost * s.quantity) AS margin FROM sales_data AS s "
+            "INNER JOIN products AS p ON p.product = s.product WHERE s.category = 'Electronics' "
+            "AND s.region = 'North America' AND toYear(s.order_date) = 2024",
         ),
     ),
 )
