@@ -307,10 +307,15 @@ async def test_a_retry_says_which_table_has_the_missing_column(nsql_engine: Clic
     )
     model = ScriptedModel([as_json(wrong), as_json(right)])
     outcome = await answer(
-        "Revenue per supplier?", datasets=schemas, executor=Executor(nsql_engine), ask_model=model
+        "Revenue per supplier?",
+        datasets=schemas,
+        executor=Executor(nsql_engine),
+        ask_model=model,
+        retry_temperature=0.4,
     )
     assert isinstance(outcome, Answered)
     assert outcome.attempts == 2
+    assert model.temperatures == [0.0, 0.4]  # the retry is sampled: greedy would write the same again
     feedback = model.calls[1][-1]["content"]
     assert "How to fix it: `supplier` is a column of `products`" in feedback
     assert "ON products.product = sales_data.product" in feedback

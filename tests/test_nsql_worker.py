@@ -203,6 +203,7 @@ async def test_the_top5_question_is_answered_with_the_rows_of_a_direct_query(
     [body] = system.chat_bodies()
     assert body["response_format"] == RESPONSE_FORMAT
     assert body["temperature"] == 0
+    assert body["max_tokens"] == 512  # runtime.nsql.max_sql_tokens: a reply cannot run on to the context end
     prompt = body["messages"][-1]["content"]
     assert QUESTION in prompt
     assert "| total | Decimal(18, 2) |" in prompt

@@ -132,6 +132,9 @@ class NsqlSettings(_Section, frozen=True):
     # The first is greedy, the others sampled at candidate_temperature.
     candidates: PositiveInt = 1
     candidate_temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] = 0.7
+    # the temperature of a retry (after a failed attempt): at 0 a small model repeats its statement
+    retry_temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] = 0.4
+    max_sql_tokens: PositiveInt = 512  # per model call: a sampled reply must not run on to the context's end
 
     # --- POST /v1/nsql replies and streams (workers/nsql/reply_parts.py, ingress/nsql_reply.py) ---
     # The largest rendered answer; a larger one is 400 result_too_large. The worker renders it and the ingress

@@ -6,6 +6,9 @@ constrained to ``{"sql": "..."}``), takes the SQL out of the reply, pins clock f
 latest date (:mod:`workers.nsql.anchor`), guards it and runs it on the read-only readers (for SQL-only
 requests it is planned with ``EXPLAIN`` instead, never run).
 
+A retry's first candidate is sampled at ``retry_temperature``: asked again at temperature 0 with the error
+appended, a small model tends to write the same statement again.
+
 With ``candidates > 1`` each attempt asks that many times at once (the first greedy, the others sampled),
 checks and runs every candidate, and answers with the result most of them agree on
 (:mod:`workers.nsql.vote`). When every candidate of an attempt fails, the first one's failure (no SQL,
@@ -152,6 +155,7 @@ async def answer(
     max_context_datasets: int = 4,
     candidates: int = 1,
     candidate_temperature: float = 0.7,
+    retry_temperature: float = 0.0,
 ) -> Answered | Failed:
     """Answer ``question`` from ``datasets`` (its prompt context and the only tables the SQL may read)."""
     if max_attempts < 1 or candidates < 1:
@@ -185,7 +189,8 @@ async def answer(
 
     for attempt in range(1, max_attempts + 1):
         asked = time.perf_counter()
-        temperatures = [0.0] + [candidate_temperature] * (candidates - 1)
+        first_temperature = 0.0 if attempt == 1 else retry_temperature  # greedy repeats its mistake
+        temperatures = [first_temperature] + [candidate_temperature] * (candidates - 1)
         try:
             done = await _gather(attempt_once, messages, temperatures)
         except ContextExceeded:

@@ -116,7 +116,11 @@ class NsqlHandler:
         if isinstance(chosen, NsqlReply):
             return Handled(reply=chosen)
         model = BusModel(
-            self.dispatcher, model=request.model, deadline=request.deadline, traceparent=request.traceparent
+            self.dispatcher,
+            model=request.model,
+            deadline=request.deadline,
+            traceparent=request.traceparent,
+            max_tokens=self.settings.max_sql_tokens,
         )
         try:
             with anyio.fail_after(max(0.0, request.deadline - time.time())):
@@ -131,6 +135,7 @@ class NsqlHandler:
                     max_context_datasets=self.settings.max_context_datasets,
                     candidates=self.settings.candidates,
                     candidate_temperature=self.settings.candidate_temperature,
+                    retry_temperature=self.settings.retry_temperature,
                 )
         except ModelCallError as exc:
             message = (

@@ -1,8 +1,8 @@
 """``ask_model`` over the bus: the NSQL worker asks a model for SQL on the same chat path clients use.
 
 Each call is one plain (non-streaming) chat request on the model's work queue, with the output constrained
-to ``{"sql": "..."}`` (:data:`~workers.nsql.prompt.RESPONSE_FORMAT`) and temperature 0 (higher for the
-sampled candidates of a vote), bounded by what is
+to ``{"sql": "..."}`` (:data:`~workers.nsql.prompt.RESPONSE_FORMAT`) and temperature 0 (higher for a retry
+and the sampled candidates of a vote), at most ``runtime.nsql.max_sql_tokens`` tokens, bounded by what is
 left of the NSQL request's deadline. Anything but an answer raises :class:`ModelCallError`, which carries
 the status and code the NSQL client gets:
 
@@ -71,13 +71,17 @@ def nsql_status(chat_status: int) -> int:
     return 502 if chat_status in (401, 403) else chat_status
 
 
-def request_body(model: str, messages: list[Message], temperature: float = 0.0) -> bytes:
+def request_body(
+    model: str, messages: list[Message], temperature: float = 0.0, max_tokens: int | None = None
+) -> bytes:
     body: dict[str, Any] = {
         "model": model,
         "messages": messages,
         "response_format": RESPONSE_FORMAT,
         "temperature": temperature,
     }
+    if max_tokens is not None:  # a sampled model can run on inside the JSON string until the context ends
+        body["max_tokens"] = max_tokens
     return _encoder.encode(body)
 
 
@@ -85,12 +89,19 @@ class BusModel:
     """The ``ask_model`` of one NSQL request: every call is a chat request to ``model`` over the bus."""
 
     def __init__(
-        self, dispatcher: ChatDispatcher, *, model: str, deadline: float, traceparent: str | None
+        self,
+        dispatcher: ChatDispatcher,
+        *,
+        model: str,
+        deadline: float,
+        traceparent: str | None,
+        max_tokens: int | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.model = model
         self.deadline = deadline
         self.traceparent = traceparent
+        self.max_tokens = max_tokens
         self.calls = 0
 
     async def __call__(self, messages: list[Message], *, temperature: float = 0.0) -> str:
@@ -102,7 +113,7 @@ class BusModel:
         try:
             pending = await self.dispatcher.submit(
                 model,
-                request_body(model, messages, temperature),
+                request_body(model, messages, temperature, self.max_tokens),
                 request_id=uuid.uuid4().hex,  # one per attempt: the chat stream de-duplicates by id
                 stream=False,
                 include_usage=False,
