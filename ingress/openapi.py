@@ -6,7 +6,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.spec import Components, OpenAPIMediaType, OpenAPIResponse, Operation, SecurityScheme
+from litestar.openapi.spec import (
+    Components,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Schema,
+    SecurityScheme,
+)
 from litestar.openapi.spec.security_requirement import SecurityRequirement
 
 __all__ = ("API_KEY_SECURITY", "openapi_config", "operation_with_content")
@@ -39,3 +47,19 @@ def operation_with_content(extra: Mapping[str, Mapping[str, OpenAPIMediaType]]) 
                     response.content = {**(response.content or {}), **content}
 
     return _Operation
+
+
+def sse_media_type(description: str) -> OpenAPIMediaType:
+    """``text/event-stream`` content, by the OpenAPI 3.1 convention for event streams: the schema describes
+    each event (``event`` ``message`` or ``error``, and its ``data``)."""
+    return OpenAPIMediaType(
+        schema=Schema(
+            type=OpenAPIType.OBJECT,
+            description=description,
+            required=["data"],
+            properties={
+                "event": Schema(type=OpenAPIType.STRING, enum=["message", "error"]),
+                "data": Schema(type=OpenAPIType.STRING),
+            },
+        )
+    )

@@ -211,8 +211,10 @@ async def test_a_question_too_long_for_the_model_is_400_context_length_exceeded_
 async def test_the_seed_question_with_the_real_local_model(
     nats_server: EmbeddedNats, nsql_engine: ClickHouse, tmp_path: Path
 ) -> None:
+    # the default NSQL model of modelbus.yaml (the 0.5B chat model is no longer asked NSQL questions)
     model = (
-        "  - name: qwen2.5-coder\n    from: local:qwen2.5-coder-0.5b-instruct\n    datasets: [sales_data]\n"
+        "  - name: qwen2.5-coder-1.5b\n    from: local:qwen2.5-coder-1.5b-instruct\n"
+        "    datasets: [sales_data]\n"
     )
     async with (
         nsql_stack(nats_server.url, _config(model), nsql_engine, tmp_path) as stack,

@@ -24,7 +24,7 @@ from litestar.response import Stream
 from ingress.disconnect import unless_disconnected
 from ingress.errors import ApiError, error_body, error_spec, model_not_ready
 from ingress.model_watch import ModelFailed, give_up_when_failed
-from ingress.openapi import operation_with_content
+from ingress.openapi import operation_with_content, sse_media_type
 from ingress.request_task import RequestTask
 from ingress.view_store import ModelViewStore
 from schemas.chat import ChatChunk, ChatEnd, ChatFailure, ChatReply, ChatResult
@@ -64,19 +64,10 @@ _COMPLETION_CONTENT = {
             },
         )
     ),
-    "text/event-stream": OpenAPIMediaType(
-        # OpenAPI 3.1 convention for event streams: the schema describes each event
-        schema=Schema(
-            type=OpenAPIType.OBJECT,
-            description="One server-sent event (`stream: true`): a `chat.completion.chunk` as JSON in "
-            "`data`, the last one `[DONE]`; a failure after the first chunk is an `error` event with the "
-            "error shape.",
-            required=["data"],
-            properties={
-                "event": Schema(type=OpenAPIType.STRING, enum=["message", "error"]),
-                "data": Schema(type=OpenAPIType.STRING),
-            },
-        )
+    "text/event-stream": sse_media_type(
+        "One server-sent event (`stream: true`): a `chat.completion.chunk` as JSON in "
+        "`data`, the last one `[DONE]`; a failure after the first chunk is an `error` event with the "
+        "error shape."
     ),
 }
 

@@ -28,7 +28,7 @@ from ingress.disconnect import unless_disconnected
 from ingress.errors import ApiError, error_spec, model_not_ready
 from ingress.nsql_reply import ReplyBroken, ReplyWaiter, failure_of
 from ingress.nsql_stream import EVENT_STREAM, SSE_HEADERS, nsql_events
-from ingress.openapi import operation_with_content
+from ingress.openapi import operation_with_content, sse_media_type
 from ingress.request_task import RequestTask
 from ingress.view_store import ModelViewStore
 from schemas.nsql import NsqlQuery, NsqlRequest, ResponseFormat, negotiate
@@ -169,25 +169,19 @@ _FORMAT_CONTENT = {
                 "schema": Schema(type=OpenAPIType.OBJECT),
                 "data": Schema(type=OpenAPIType.ARRAY, items=Schema(type=OpenAPIType.OBJECT)),
                 "sql": Schema(type=OpenAPIType.STRING),
+                "explanation": Schema(
+                    type=OpenAPIType.STRING, description="What the SQL computes, in one sentence"
+                ),
             },
         )
     ),
     ResponseFormat.SQL.value: _text("The SQL only, not executed (`Accept: application/sql`)"),
     ResponseFormat.CSV.value: _text("The rows as RFC 4180 CSV with a header"),
     ResponseFormat.TEXT.value: _text("The rows as an aligned text table"),
-    EVENT_STREAM: OpenAPIMediaType(
-        # OpenAPI 3.1 convention for event streams: the schema describes each event
-        schema=Schema(
-            type=OpenAPIType.OBJECT,
-            description="With `stream: true`: `: nsql still in progress` comments while the question is "
-            "answered, then one event whose `data` is the body the request gets without `stream`, in the "
-            "format `Accept` chose (a `data:` line per line of it), or `event: error` with the error shape.",
-            required=["data"],
-            properties={
-                "event": Schema(type=OpenAPIType.STRING, enum=["message", "error"]),
-                "data": Schema(type=OpenAPIType.STRING),
-            },
-        )
+    EVENT_STREAM: sse_media_type(
+        "With `stream: true`: `: nsql still in progress` comments while the question is "
+        "answered, then one event whose `data` is the body the request gets without `stream`, in the "
+        "format `Accept` chose (a `data:` line per line of it), or `event: error` with the error shape."
     ),
 }
 
