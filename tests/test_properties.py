@@ -108,6 +108,8 @@ def strategy_for(t: mi.Type) -> st.SearchStrategy[Any]:
         )
     if isinstance(t, mi.StrType):
         return st.text(min_size=t.min_length or 0, max_size=t.max_length if t.max_length is not None else 30)
+    if isinstance(t, mi.BytesType):
+        return st.binary(min_size=t.min_length or 0, max_size=64 if t.max_length is None else t.max_length)
     if isinstance(t, mi.EnumType):
         return st.sampled_from(list(t.cls))
     if isinstance(t, mi.LiteralType):
