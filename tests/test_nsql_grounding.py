@@ -14,7 +14,7 @@ from workers.nsql.datasets import load_dataset
 from workers.nsql.names import TableRef
 from workers.nsql.prompt import anchor_date, build_messages
 from workers.nsql.relations import Join, infer_joins
-from workers.nsql.vote import winner
+from workers.nsql.vote import Tally, tally, winner
 
 __all__ = ("nsql_engine",)
 
@@ -119,6 +119,8 @@ def test_the_vote_goes_to_the_result_most_candidates_share() -> None:
     a, b = _result((1, 2), (3, 4)), _result((9, 9))
     same_as_a = _result((4, 3), (2, 1))  # other column order, other row order: the same answer
     assert winner([b, a, same_as_a]) == 1
+    assert tally([b, a, same_as_a]) == Tally(1, 2)  # the log line's "agreeing"
+    assert tally([b]) == Tally(0, 1)  # one candidate: nothing to compare
     assert winner([a, b]) == 0  # a tie: the first (greedy) candidate
     assert winner([_result(), b]) == 1  # an empty answer loses to any other
     assert winner([_result((None, None)), _result((None, None)), b]) == 2

@@ -43,7 +43,7 @@ from workers.nsql.explain import explain
 from workers.nsql.guard import Allowed, Refused, check, clean_model_sql
 from workers.nsql.hints import hint
 from workers.nsql.prompt import anchor_date, build_messages, retry_message
-from workers.nsql.vote import result_key, winner
+from workers.nsql.vote import tally
 
 __all__ = (
     "REFUSED",
@@ -210,21 +210,21 @@ async def answer(
         ran = [t for t in done if t.ran]
         if ran:
             results = [_result(t) for t in ran]
-            best_at = winner(results)
-            best = ran[best_at]
+            vote = tally(results)
+            best, chosen = ran[vote.index], results[vote.index]
             log.info(
                 "nsql.answered",
                 attempts=attempt,
                 sql_only=sql_only,
                 candidates=len(done),
-                agreeing=sum(1 for r in results if result_key(r) == result_key(results[best_at])),
-                rows=None if (chosen := results[best_at]) is None else len(chosen.rows),
+                agreeing=vote.agreeing,
+                rows=None if chosen is None else len(chosen.rows),
                 outside_model_ms=outside_ms(),
             )
             return Answered(
                 sql=best.sql,
                 executable=best.executable,
-                result=results[best_at],
+                result=chosen,
                 attempts=attempt,
                 explanation=explain(best.sql, anchor),
                 failures=tuple(failures),

@@ -21,6 +21,7 @@ supports structured output.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -164,7 +165,8 @@ def _joins_block(joins: Sequence[Join], schemas: Sequence[TableSchema]) -> str:
     lines = ["## How the tables join", ""]
     for join in joins:
         many, one = by_name[join.many], by_name[join.one]
-        only = [c.name for c in one.columns if c.name not in {m.name for m in many.columns}]
+        in_many = {c.name for c in many.columns}
+        only = [c.name for c in one.columns if c.name not in in_many]
         lines.append(
             f"- `{join.many}` JOIN `{join.one}` ON "
             f"{join.one}.{join.one_column} = {join.many}.{join.many_column} "
@@ -181,13 +183,15 @@ def _encode_row(row: dict[str, Any]) -> str:
     return _row_encoder.encode(row).decode()
 
 
-def _tables_of(sql: str) -> set[str] | None:
+@functools.lru_cache(maxsize=1024)
+def _tables_of(sql: str) -> frozenset[str] | None:
+    """The tables an example reads; parsed once per example, not once per request."""
     try:
         tree = sqlglot.parse_one(sql, read="clickhouse")
     except SqlglotError:
         return None
     ctes = {cte.alias for cte in tree.find_all(exp.CTE)}
-    return {t.name for t in tree.find_all(exp.Table) if t.name not in ctes}
+    return frozenset(t.name for t in tree.find_all(exp.Table) if t.name not in ctes)
 
 
 def _examples(schemas: Sequence[TableSchema]) -> list[Example]:

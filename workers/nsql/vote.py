@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from typing import Any
 
+import msgspec
+
 from workers.nsql.clickhouse import QueryResult
 
-__all__ = ("result_key", "winner")
+__all__ = ("Tally", "result_key", "tally", "winner")
 
 
 def _value_key(value: Any) -> str:
@@ -35,10 +37,19 @@ def _empty(result: QueryResult | None) -> bool:
     return not result.rows or (len(result.rows) == 1 and all(v is None for v in result.rows[0]))
 
 
-def winner(results: Sequence[QueryResult | None]) -> int:
-    """The index of the candidate whose result most candidates share (see the module docstring)."""
+class Tally(msgspec.Struct, frozen=True):
+    """The winning candidate's index and how many candidates share its result (itself included)."""
+
+    index: int
+    agreeing: int
+
+
+def tally(results: Sequence[QueryResult | None]) -> Tally:
+    """The vote (see the module docstring). One candidate wins alone, without comparing its rows."""
     if not results:
         raise ValueError("no candidates to vote on")
+    if len(results) == 1:
+        return Tally(0, 1)
     votes: dict[Hashable, list[int]] = {}
     for i, result in enumerate(results):
         votes.setdefault(result_key(result), []).append(i)
@@ -46,4 +57,10 @@ def winner(results: Sequence[QueryResult | None]) -> int:
     def rank(members: list[int]) -> tuple[bool, int, int]:
         return (not _empty(results[members[0]]), len(members), -members[0])
 
-    return max(votes.values(), key=rank)[0]
+    members = max(votes.values(), key=rank)
+    return Tally(members[0], len(members))
+
+
+def winner(results: Sequence[QueryResult | None]) -> int:
+    """The index of the candidate whose result most candidates share."""
+    return tally(results).index
