@@ -20,10 +20,7 @@ COPY requirements/runtime.txt /src/requirements/runtime.txt
 RUN pip install -r /src/requirements/runtime.txt
 
 COPY pyproject.toml /src/
-COPY schemas /src/schemas
-COPY services /src/services
-COPY ingress /src/ingress
-COPY workers /src/workers
+COPY modelbus /src/modelbus
 RUN pip install --no-deps /src
 
 # llama.cpp's llama-server for local models, from the pinned source, in the portable flavor (AVX2/FMA/F16C):

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from services.config import NatsSettings
-from services.runtime.embedded_nats import EmbeddedNats
-from services.runtime.logging import configure_logging
-from services.runtime.nats_client import connected
+from modelbus.config import NatsSettings
+from modelbus.runtime.embedded_nats import EmbeddedNats
+from modelbus.runtime.logging import configure_logging
+from modelbus.runtime.nats_client import connected
 
 
 def pytest_configure(config: pytest.Config) -> None:

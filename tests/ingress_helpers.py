@@ -13,12 +13,12 @@ import msgspec
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
-from ingress.server import IngressServer
-from schemas.status import ErrorCategory, ErrorInfo, ErrorType, ModelStatus
-from schemas.subjects import encode_token
-from schemas.views import ModelView
-from services.config import AuthSettings, Config, HttpSettings, ModelConfig, RuntimeSettings
-from services.runtime.jetstream import model_views
+from modelbus.config import AuthSettings, Config, HttpSettings, ModelConfig, RuntimeSettings
+from modelbus.ingress.server import IngressServer
+from modelbus.runtime.jetstream import model_views
+from modelbus.schemas.status import ErrorCategory, ErrorInfo, ErrorType, ModelStatus
+from modelbus.schemas.subjects import encode_token
+from modelbus.schemas.views import ModelView
 
 T = TypeVar("T")
 

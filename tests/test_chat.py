@@ -11,7 +11,7 @@ import msgspec
 import openai
 import pytest
 
-from services.runtime.embedded_nats import EmbeddedNats
+from modelbus.runtime.embedded_nats import EmbeddedNats
 from tests.support.stack import Stack, running_stack, stand_in_config
 from tests.support.upstream import Behaviour, UpstreamServer
 

@@ -11,9 +11,9 @@ import httpx
 import openai
 import pytest
 
-from ingress.server import IngressServer
-from services.runtime.embedded_nats import EmbeddedNats
-from services.runtime.nats_client import connected
+from modelbus.ingress.server import IngressServer
+from modelbus.runtime.embedded_nats import EmbeddedNats
+from modelbus.runtime.nats_client import connected
 from tests.support.processes import modelbus_argv, service
 from tests.support.stack import FAST_RUNTIME, running_stack, stand_in_config
 from tests.support.upstream import Behaviour, UpstreamServer

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import yaml
 
-from services.cli import _parser
-from services.config import load_config
-from workers.model.pull import _parser as pull_parser
+from modelbus.cli.main import _parser
+from modelbus.config import load_config
+from modelbus.workers.model.pull import _parser as pull_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose.yaml"

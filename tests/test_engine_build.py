@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from services.config import ConfigError, parse_config
-from workers.model.engine.build import (
+from modelbus.config import ConfigError, parse_config
+from modelbus.workers.model.engine.build import (
     FLAVORS,
     SOURCE,
     EngineSource,
@@ -26,8 +26,8 @@ from workers.model.engine.build import (
     find_llama_server,
     installed_path,
 )
-from workers.model.fetching import FetchError
-from workers.model.providers.local import llama_server_args
+from modelbus.workers.model.fetching import FetchError
+from modelbus.workers.model.providers.local import llama_server_args
 
 AVX512 = frozenset({"avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512vbmi", "avx512_bf16"})
 CMAKE_PROJECT = """cmake_minimum_required(VERSION 3.16)

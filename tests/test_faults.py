@@ -15,12 +15,12 @@ import httpx
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
-from ingress.server import IngressServer
-from schemas.status import ModelStatus
-from schemas.views import ModelView
-from services.config import parse_config
-from services.runtime.embedded_nats import EmbeddedNats
-from services.runtime.nats_client import connected
+from modelbus.config import parse_config
+from modelbus.ingress.server import IngressServer
+from modelbus.runtime.embedded_nats import EmbeddedNats
+from modelbus.runtime.nats_client import connected
+from modelbus.schemas.status import ModelStatus
+from modelbus.schemas.views import ModelView
 from tests.support.processes import ServiceProcess, modelbus_argv, service
 from tests.support.stack import FAST_RUNTIME, running_stack
 from tests.support.upstream import Behaviour, UpstreamServer

@@ -40,10 +40,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from ingress.controllers.nsql import resolve
-from schemas.nsql import NsqlQuery
-from services.config import Config, parse_config
-from services.runtime.embedded_nats import EmbeddedNats
+from modelbus.config import Config, parse_config
+from modelbus.ingress.controllers.nsql import resolve
+from modelbus.runtime.embedded_nats import EmbeddedNats
+from modelbus.schemas.nsql import NsqlQuery
 from tests.support.stack import FAST_RUNTIME, running_stack
 from tests.support.upstream import UpstreamServer
 

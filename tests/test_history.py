@@ -24,25 +24,25 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from schemas.status import ModelStatus
-from schemas.subjects import TASKS_STREAM, event_subject
-from schemas.views import ModelStatusEvent
-from services.config import Config, HistorySettings, NatsSettings, parse_config
-from services.history.recorder import TaskRecorder
-from services.history.sink import HistorySink
-from services.history.table import ensure_history_table
-from services.history.tracing import start_span
-from services.launcher import Launcher
-from services.runtime.embedded_nats import EmbeddedNats
-from services.runtime.jetstream import ensure_events_stream
-from services.runtime.nats_client import connected
+from modelbus.cli.launcher import Launcher
+from modelbus.config import Config, HistorySettings, NatsSettings, parse_config
+from modelbus.history.sink import HistorySink
+from modelbus.history.table import ensure_history_table
+from modelbus.runtime.clickhouse.engine import ClickHouse
+from modelbus.runtime.clickhouse.names import TableRef
+from modelbus.runtime.embedded_nats import EmbeddedNats
+from modelbus.runtime.jetstream import ensure_events_stream
+from modelbus.runtime.nats_client import connected
+from modelbus.runtime.tasks.recorder import TaskRecorder
+from modelbus.runtime.tasks.tracing import start_span
+from modelbus.schemas.status import ModelStatus
+from modelbus.schemas.subjects import TASKS_STREAM, event_subject
+from modelbus.schemas.views import ModelStatusEvent
 from tests.ingress_helpers import eventually
 from tests.support.nsql_fixtures import admin_rows, nsql_engine
 from tests.support.processes import ServiceProcess, modelbus_argv, service
 from tests.support.stack import FAST_RUNTIME, nsql_stack, srv_stats
 from tests.support.upstream import Behaviour, UpstreamServer
-from workers.nsql.clickhouse import ClickHouse
-from workers.nsql.names import TableRef
 
 __all__ = ("nsql_engine",)
 

@@ -15,13 +15,13 @@ import structlog
 import uvicorn
 from nats.aio.client import Client
 
-from ingress.app import create_app
-from ingress.server import IngressServer
-from ingress.view_store import ModelViewStore
-from schemas.status import ModelStatus
-from schemas.views import ModelView
-from services.config import ChatSettings
-from services.runtime.chat_client import ChatDispatcher
+from modelbus.config import ChatSettings
+from modelbus.ingress.app import create_app
+from modelbus.ingress.server import IngressServer
+from modelbus.ingress.view_store import ModelViewStore
+from modelbus.runtime.work_queue.client import ChatDispatcher
+from modelbus.schemas.status import ModelStatus
+from modelbus.schemas.views import ModelView
 from tests.ingress_helpers import (
     GPT,
     QWEN,

@@ -14,13 +14,13 @@ import openai
 import pytest
 from nats.aio.client import Client
 
-from ingress.server import IngressServer
-from schemas.status import ModelStatus
-from schemas.subjects import encode_token
-from schemas.views import ModelView
-from services.config import NatsSettings
-from services.runtime.embedded_nats import EmbeddedNats
-from services.runtime.nats_client import connected
+from modelbus.config import NatsSettings
+from modelbus.ingress.server import IngressServer
+from modelbus.runtime.embedded_nats import EmbeddedNats
+from modelbus.runtime.nats_client import connected
+from modelbus.schemas.status import ModelStatus
+from modelbus.schemas.subjects import encode_token
+from modelbus.schemas.views import ModelView
 from tests.ingress_helpers import (
     GPT,
     LLAMA,

@@ -8,11 +8,11 @@ import msgspec
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
-from schemas.status import ModelStatus
-from schemas.subjects import encode_token
-from schemas.views import ModelView, WorkerView
-from services.launcher import Reports
-from services.runtime.jetstream import model_views
+from modelbus.cli.launcher import Reports
+from modelbus.runtime.jetstream import model_views
+from modelbus.schemas.status import ModelStatus
+from modelbus.schemas.subjects import encode_token
+from modelbus.schemas.views import ModelView, WorkerView
 
 MODEL = "gpt-4.1"
 OTHER = "qwen2.5-coder"

@@ -17,15 +17,15 @@ import openai
 import pytest
 from nats.aio.client import Client
 
-from schemas.status import ModelStatus
-from services.config import parse_config
-from services.runtime.embedded_nats import EmbeddedNats
+from modelbus.config import parse_config
+from modelbus.runtime.embedded_nats import EmbeddedNats
+from modelbus.schemas.status import ModelStatus
+from modelbus.workers.model.providers.base import ChatCall
+from modelbus.workers.model.providers.local import LocalProvider
+from modelbus.workers.model.worker import ModelWorker
 from tests.support.heartbeats import heartbeat_log
 from tests.support.processes import modelbus_argv, service
 from tests.support.stack import FAST_RUNTIME, Stack, running_stack
-from workers.model.providers.base import ChatCall
-from workers.model.providers.local import LocalProvider
-from workers.model.worker import ModelWorker
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 MODEL = "qwen2.5-coder"

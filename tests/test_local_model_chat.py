@@ -8,8 +8,8 @@ import anyio
 import httpx
 import pytest
 
-from services.config import parse_config
-from services.runtime.embedded_nats import EmbeddedNats
+from modelbus.config import parse_config
+from modelbus.runtime.embedded_nats import EmbeddedNats
 from tests.support.stack import FAST_RUNTIME, running_stack
 
 pytestmark = pytest.mark.slow

@@ -21,12 +21,12 @@ import pytest
 from nats.aio.client import Client
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.config import Config, parse_config
-from services.runtime.embedded_nats import EmbeddedNats
+from modelbus.config import Config, parse_config
+from modelbus.runtime.clickhouse.engine import ClickHouse
+from modelbus.runtime.embedded_nats import EmbeddedNats
 from tests.support.nsql_fixtures import nsql_engine
 from tests.support.stack import FAST_RUNTIME, nsql_stack, running_stack, srv_stats, stand_in_config
 from tests.support.upstream import Behaviour, UpstreamServer
-from workers.nsql.clickhouse import ClickHouse
 
 __all__ = ("nsql_engine",)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from workers.model import catalog as catalog_module
-from workers.model.catalog import (
+from modelbus.workers.model import catalog as catalog_module
+from modelbus.workers.model.catalog import (
     CATALOG,
     CatalogEntry,
     model_cache_dir,
@@ -24,7 +24,7 @@ from workers.model.catalog import (
     stamp_path,
     verify,
 )
-from workers.model.pull import PullError, main, pull
+from modelbus.workers.model.pull import PullError, main, pull
 
 QWEN = "qwen2.5-coder-0.5b-instruct"
 

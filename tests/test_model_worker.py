@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from schemas.status import ModelStatus
-from services.config import Config, parse_config
+from modelbus.config import Config, parse_config
+from modelbus.schemas.status import ModelStatus
+from modelbus.workers.model.worker import ModelWorker
 from tests.support.heartbeats import heartbeat_log
 from tests.support.upstream import Behaviour, UpstreamServer
-from workers.model.worker import ModelWorker
 
 
 def _config(model_yaml: str) -> Config:

@@ -21,10 +21,9 @@ import pytest
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
-from schemas.subjects import CHAT_STREAM, EVENTS_STREAM, NSQL_STREAM
-from services.config import ChatSettings, NatsSettings, NsqlSettings
-from services.runtime.embedded_nats import nats_server_binary
-from services.runtime.jetstream import (
+from modelbus.config import ChatSettings, NatsSettings, NsqlSettings
+from modelbus.runtime.embedded_nats import nats_server_binary
+from modelbus.runtime.jetstream import (
     chat_consumer_config,
     ensure_chat_stream,
     ensure_consumer,
@@ -33,7 +32,8 @@ from services.runtime.jetstream import (
     model_views,
     nsql_consumer_config,
 )
-from services.runtime.nats_client import connected
+from modelbus.runtime.nats_client import connected
+from modelbus.schemas.subjects import CHAT_STREAM, EVENTS_STREAM, NSQL_STREAM
 
 KV_STREAM = "KV_modelbus_models"
 

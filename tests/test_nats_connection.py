@@ -7,10 +7,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from services.config import NatsSettings
-from services.runtime.embedded_nats import EmbeddedNats
-from services.runtime.jetstream import model_views
-from services.runtime.nats_client import NatsAuthError, connect, connected
+from modelbus.config import NatsSettings
+from modelbus.runtime.embedded_nats import EmbeddedNats
+from modelbus.runtime.jetstream import model_views
+from modelbus.runtime.nats_client import NatsAuthError, connect, connected
 from tests.support.nats_jwt import Operator
 
 

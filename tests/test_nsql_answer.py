@@ -7,6 +7,10 @@ import anyio
 import msgspec
 import pytest
 
+from modelbus.runtime.clickhouse.engine import ClickHouse
+from modelbus.workers.nsql.context import TableSchema
+from modelbus.workers.nsql.executor import ErrorKind, Executor
+from modelbus.workers.nsql.generate import REFUSED, Answered, Failed, answer, extract_sql
 from tests.support.nsql_fixtures import (
     TOP5_SQL,
     ScriptedModel,
@@ -15,10 +19,6 @@ from tests.support.nsql_fixtures import (
     sales_dataset,
     sales_schema,
 )
-from workers.nsql.clickhouse import ClickHouse
-from workers.nsql.context import TableSchema
-from workers.nsql.executor import ErrorKind, Executor
-from workers.nsql.generate import REFUSED, Answered, Failed, answer, extract_sql
 
 __all__ = ("nsql_engine", "sales_dataset", "sales_schema")
 

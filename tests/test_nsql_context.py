@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import msgspec
 
-from tests.support.nsql_fixtures import nsql_engine, sales_dataset, sales_schema
-from workers.nsql.clickhouse import ClickHouse
-from workers.nsql.context import ColumnInfo, TableSchema, describe_dataset
-from workers.nsql.datasets import Dataset
-from workers.nsql.names import TableRef
-from workers.nsql.prompt import (
+from modelbus.runtime.clickhouse.engine import ClickHouse
+from modelbus.runtime.clickhouse.names import TableRef
+from modelbus.workers.nsql.context import ColumnInfo, TableSchema, describe_dataset
+from modelbus.workers.nsql.datasets import Dataset
+from modelbus.workers.nsql.prompt import (
     RESPONSE_FORMAT,
     SQL_RESPONSE_SCHEMA,
     build_messages,
     pick_relevant,
     retry_message,
 )
+from tests.support.nsql_fixtures import nsql_engine, sales_dataset, sales_schema
 
 __all__ = ("nsql_engine", "sales_dataset", "sales_schema")
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from schemas.status import ModelStatus
-from services.config.model import ClickHouseSettings, DatasetConfig
+from modelbus.config.model import ClickHouseSettings, DatasetConfig
+from modelbus.runtime.clickhouse.datadir import claim_data_dir
+from modelbus.runtime.clickhouse.engine import ClickHouse, EngineError
+from modelbus.runtime.clickhouse.names import TableRef
+from modelbus.schemas.status import ModelStatus
+from modelbus.workers.nsql.datasets import Dataset, load_dataset, load_datasets
 from tests.support.nsql_fixtures import CANARY, CANARY_ROWS, admin_rows, nsql_engine, sales_dataset
-from workers.nsql.clickhouse import ClickHouse, EngineError
-from workers.nsql.datadir import claim_data_dir
-from workers.nsql.datasets import Dataset, load_dataset, load_datasets
-from workers.nsql.names import TableRef
 
 __all__ = ("nsql_engine", "sales_dataset")
 

@@ -11,12 +11,12 @@ import unicodedata
 
 import pytest
 
+from modelbus.runtime.clickhouse.engine import ClickHouse, QueryResult
+from modelbus.workers.nsql.context import TableSchema
+from modelbus.workers.nsql.executor import Executor
+from modelbus.workers.nsql.formats import ResponseFormat, negotiate, render
+from modelbus.workers.nsql.guard import Allowed, check
 from tests.support.nsql_fixtures import TOP5_SQL, nsql_engine, sales_dataset, sales_schema
-from workers.nsql.clickhouse import ClickHouse, QueryResult
-from workers.nsql.context import TableSchema
-from workers.nsql.executor import Executor
-from workers.nsql.formats import ResponseFormat, negotiate, render
-from workers.nsql.guard import Allowed, check
 
 __all__ = ("nsql_engine", "sales_dataset", "sales_schema")
 

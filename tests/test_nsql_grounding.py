@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import sqlglot
 
-from services.config.model import DatasetConfig, DatasetExample
+from modelbus.config.model import DatasetConfig, DatasetExample
+from modelbus.runtime.clickhouse.engine import ClickHouse, Column, QueryResult
+from modelbus.runtime.clickhouse.names import TableRef
+from modelbus.workers.nsql.anchor import pin_today
+from modelbus.workers.nsql.context import ColumnInfo, TableSchema, describe_dataset
+from modelbus.workers.nsql.datasets import load_dataset
+from modelbus.workers.nsql.prompt import anchor_date, build_messages
+from modelbus.workers.nsql.relations import Join, infer_joins
+from modelbus.workers.nsql.vote import Tally, tally, winner
 from tests.support.nsql_fixtures import nsql_engine
-from workers.nsql.anchor import pin_today
-from workers.nsql.clickhouse import ClickHouse, Column, QueryResult
-from workers.nsql.context import ColumnInfo, TableSchema, describe_dataset
-from workers.nsql.datasets import load_dataset
-from workers.nsql.names import TableRef
-from workers.nsql.prompt import anchor_date, build_messages
-from workers.nsql.relations import Join, infer_joins
-from workers.nsql.vote import Tally, tally, winner
 
 __all__ = ("nsql_engine",)
 
@@ -151,7 +151,7 @@ def test_joins_need_a_key_on_one_side() -> None:
 
 
 def test_the_explanation_says_what_the_sql_computes() -> None:
-    from workers.nsql.explain import explain
+    from modelbus.workers.nsql.explain import explain
 
     top = explain(
         "SELECT region, sum(total) AS revenue FROM sales_data WHERE toYear(order_date) = 2024 "
@@ -179,7 +179,7 @@ def test_the_explanation_says_what_the_sql_computes() -> None:
 
 
 async def test_hints_name_the_table_that_has_the_column(nsql_engine: ClickHouse) -> None:
-    from workers.nsql.hints import NOT_AN_AGGREGATE, UNKNOWN_IDENTIFIER, hint
+    from modelbus.workers.nsql.hints import NOT_AN_AGGREGATE, UNKNOWN_IDENTIFIER, hint
 
     schemas = await _samples(nsql_engine)
     qualified = hint(
@@ -199,9 +199,9 @@ async def test_hints_name_the_table_that_has_the_column(nsql_engine: ClickHouse)
 
 
 async def test_every_built_in_example_runs_through_the_guard(nsql_engine: ClickHouse) -> None:
-    from workers.nsql import sample_data
-    from workers.nsql.executor import Executor
-    from workers.nsql.guard import Allowed, check
+    from modelbus.workers.nsql import sample_data
+    from modelbus.workers.nsql.executor import Executor
+    from modelbus.workers.nsql.guard import Allowed, check
 
     schemas = await _samples(nsql_engine)
     allowed = {s.name: s.table for s in schemas}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from workers.nsql.guard import Allowed, Refused, check, clean_model_sql
-from workers.nsql.names import TableRef
+from modelbus.runtime.clickhouse.names import TableRef
+from modelbus.workers.nsql.guard import Allowed, Refused, check, clean_model_sql
 
 ALLOWED = {"sales_data": TableRef("modelbus", "sales_data"), "orders": TableRef("shop", "orders_v2")}
 

@@ -11,6 +11,11 @@ from typing import Any
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 
+from modelbus.runtime.clickhouse.engine import ClickHouse, QueryResult
+from modelbus.workers.nsql.context import TableSchema
+from modelbus.workers.nsql.executor import ErrorKind, Executor, QueryError
+from modelbus.workers.nsql.generate import REFUSED, Failed, answer
+from modelbus.workers.nsql.guard import Allowed
 from tests.support.nsql_fixtures import (
     CANARY,
     ScriptedModel,
@@ -21,11 +26,6 @@ from tests.support.nsql_fixtures import (
     sales_schema,
     untouched,
 )
-from workers.nsql.clickhouse import ClickHouse, QueryResult
-from workers.nsql.context import TableSchema
-from workers.nsql.executor import ErrorKind, Executor, QueryError
-from workers.nsql.generate import REFUSED, Failed, answer
-from workers.nsql.guard import Allowed
 
 __all__ = ("canary_schema", "nsql_engine", "sales_dataset", "sales_schema")
 

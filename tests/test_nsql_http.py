@@ -14,12 +14,12 @@ import httpx
 import msgspec
 import pytest
 
-from services.config import Config, parse_config
-from services.runtime.embedded_nats import EmbeddedNats
+from modelbus.config import Config, parse_config
+from modelbus.runtime.clickhouse.engine import ClickHouse
+from modelbus.runtime.embedded_nats import EmbeddedNats
 from tests.support.nsql_fixtures import admin_rows, nsql_engine
 from tests.support.stack import FAST_RUNTIME, nsql_stack
 from tests.support.upstream import Behaviour, UpstreamServer
-from workers.nsql.clickhouse import ClickHouse
 
 __all__ = ("nsql_engine",)
 

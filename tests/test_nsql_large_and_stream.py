@@ -17,15 +17,15 @@ import anyio
 import httpx
 import msgspec
 
-from schemas.nsql import NsqlReplyPart, NsqlRequest
-from schemas.subjects import NSQL_SUBJECT
-from services.config import NatsSettings, parse_config
-from services.runtime.embedded_nats import EmbeddedNats
-from services.runtime.nats_client import connected
+from modelbus.config import NatsSettings, parse_config
+from modelbus.runtime.clickhouse.engine import ClickHouse
+from modelbus.runtime.embedded_nats import EmbeddedNats
+from modelbus.runtime.nats_client import connected
+from modelbus.schemas.nsql import NsqlReplyPart, NsqlRequest
+from modelbus.schemas.subjects import NSQL_SUBJECT
 from tests.support.nsql_fixtures import admin_rows, nsql_engine
 from tests.support.stack import FAST_RUNTIME, nsql_stack
 from tests.support.upstream import Behaviour, UpstreamServer
-from workers.nsql.clickhouse import ClickHouse
 
 __all__ = ("nsql_engine",)
 

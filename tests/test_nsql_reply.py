@@ -7,10 +7,10 @@ import anyio
 import msgspec
 import pytest
 
-from ingress.nsql_reply import ReplyAssembler, ReplyBroken, ReplyWaiter
-from ingress.nsql_stream import data_event
-from schemas.nsql import NsqlReply
-from workers.nsql.reply_parts import reply_messages
+from modelbus.ingress.nsql_reply import ReplyAssembler, ReplyBroken, ReplyWaiter
+from modelbus.ingress.nsql_stream import data_event
+from modelbus.schemas.nsql import NsqlReply
+from modelbus.workers.nsql.reply_parts import reply_messages
 
 MAX_PAYLOAD = 700
 # multi-byte characters, so that parts cut UTF-8 sequences in the middle

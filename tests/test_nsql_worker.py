@@ -24,20 +24,20 @@ import nats.errors
 import pytest
 from nats.aio.client import Client
 
-from schemas.nsql import NsqlReady, NsqlReply, NsqlRequest, ResponseFormat
-from schemas.status import ModelStatus
-from schemas.subjects import NSQL_READY_SUBJECT, NSQL_SUBJECT, cancel_subject
-from services.config import Config, parse_config
-from services.runtime.embedded_nats import EmbeddedNats
-from services.runtime.nats_client import connected
+from modelbus.config import Config, parse_config
+from modelbus.runtime.clickhouse.engine import ClickHouse
+from modelbus.runtime.embedded_nats import EmbeddedNats
+from modelbus.runtime.nats_client import connected
+from modelbus.schemas.nsql import NsqlReady, NsqlReply, NsqlRequest, ResponseFormat
+from modelbus.schemas.status import ModelStatus
+from modelbus.schemas.subjects import NSQL_READY_SUBJECT, NSQL_SUBJECT, cancel_subject
+from modelbus.workers.model.worker import ModelWorker
+from modelbus.workers.nsql.prompt import RESPONSE_FORMAT
+from modelbus.workers.nsql.worker import NsqlWorker
 from tests.support.nsql_fixtures import admin_rows, nsql_engine, untouched
 from tests.support.processes import modelbus_argv, service
 from tests.support.stack import FAST_RUNTIME
 from tests.support.upstream import Behaviour, Upstream, UpstreamServer, prompt_tokens
-from workers.model.worker import ModelWorker
-from workers.nsql.clickhouse import ClickHouse
-from workers.nsql.prompt import RESPONSE_FORMAT
-from workers.nsql.worker import NsqlWorker
 
 __all__ = ("nsql_engine",)
 

@@ -11,11 +11,11 @@ import pytest
 from nats.aio.client import Client
 from nats.micro import add_service
 
-from schemas.heartbeat import ModelInfo
-from services.config import HeartbeatSettings, NatsSettings
-from services.probe import ping, worker_host
-from services.runtime.embedded_nats import EmbeddedNats
-from services.runtime.worker import ModelState, WorkerRuntime, new_worker_id
+from modelbus.cli.probe import ping, worker_host
+from modelbus.config import HeartbeatSettings, NatsSettings
+from modelbus.runtime.embedded_nats import EmbeddedNats
+from modelbus.runtime.worker import ModelState, WorkerRuntime, new_worker_id
+from modelbus.schemas.heartbeat import ModelInfo
 
 
 @pytest.mark.parametrize(
@@ -79,7 +79,7 @@ async def test_the_command_exit_codes(nc: Client, nats_server: EmbeddedNats, tmp
     config.write_text("runtime: {nats: {url: embedded}}\n")
 
     async def probe(*args: str) -> int:
-        argv = [sys.executable, "-m", "services.cli", "probe", *args, "--config", str(config)]
+        argv = [sys.executable, "-m", "modelbus.cli.main", "probe", *args, "--config", str(config)]
         done = await anyio.run_process([*argv, "--nats-url", nats_server.url], check=False)
         return done.returncode
 
@@ -88,5 +88,5 @@ async def test_the_command_exit_codes(nc: Client, nats_server: EmbeddedNats, tmp
         assert await probe("nsql-worker") == 1
         assert await probe("Not_A_Kind") == 2
     # `embedded` and no `modelbus up` here: refused, as every single service is
-    argv = [sys.executable, "-m", "services.cli", "probe", "registry", "--config", str(config)]
+    argv = [sys.executable, "-m", "modelbus.cli.main", "probe", "registry", "--config", str(config)]
     assert (await anyio.run_process(argv, check=False)).returncode == 2

@@ -24,10 +24,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import schemas
-from schemas.chat import ChatReply
-from schemas.heartbeat import WorkerReport, worker_report_decoder
-from schemas.subjects import (
+import modelbus.schemas as schemas
+from modelbus.schemas.chat import ChatReply
+from modelbus.schemas.heartbeat import WorkerReport, worker_report_decoder
+from modelbus.schemas.subjects import (
     PREFIX,
     cancel_subject,
     chat_subject,
@@ -44,7 +44,7 @@ INT64 = (-(2**63), 2**63 - 1)
 
 def _wire_structs() -> list[type[msgspec.Struct]]:
     found: dict[str, type[msgspec.Struct]] = {}
-    for module_info in pkgutil.iter_modules(schemas.__path__, prefix="schemas."):
+    for module_info in pkgutil.iter_modules(schemas.__path__, prefix="modelbus.schemas."):
         module = importlib.import_module(module_info.name)
         for name, value in vars(module).items():
             if (

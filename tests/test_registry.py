@@ -15,17 +15,17 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from schemas.heartbeat import Heartbeat, ModelInfo
-from schemas.status import ErrorCategory, ErrorInfo, ErrorType, ModelStatus
-from schemas.subjects import encode_token, event_subject, heartbeat_subject
-from schemas.views import ModelStatusEvent, ModelView
-from services.config import Config, HeartbeatSettings, ModelConfig, NatsSettings, RuntimeSettings
-from services.registry import Registry
-from services.registry.table import content
-from services.runtime.embedded_nats import EmbeddedNats
-from services.runtime.jetstream import ensure_events_stream, model_views
-from services.runtime.nats_client import connected
-from services.runtime.worker import ModelState, WorkerRuntime
+from modelbus.config import Config, HeartbeatSettings, ModelConfig, NatsSettings, RuntimeSettings
+from modelbus.registry import Registry
+from modelbus.registry.table import content
+from modelbus.runtime.embedded_nats import EmbeddedNats
+from modelbus.runtime.jetstream import ensure_events_stream, model_views
+from modelbus.runtime.nats_client import connected
+from modelbus.runtime.worker import ModelState, WorkerRuntime
+from modelbus.schemas.heartbeat import Heartbeat, ModelInfo
+from modelbus.schemas.status import ErrorCategory, ErrorInfo, ErrorType, ModelStatus
+from modelbus.schemas.subjects import encode_token, event_subject, heartbeat_subject
+from modelbus.schemas.views import ModelStatusEvent, ModelView
 
 MODEL = "qwen2.5-coder"
 KEY = encode_token(MODEL)

@@ -5,16 +5,16 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from schemas.heartbeat import Goodbye, Heartbeat, ModelInfo
-from schemas.status import ErrorCategory, ErrorInfo, ErrorType, ModelStatus
-from schemas.views import ModelView, status_changed
-from services.registry.table import (
+from modelbus.registry.table import (
     WorkerTable,
     aggregate,
     compute_view,
     content,
     stamp,
 )
+from modelbus.schemas.heartbeat import Goodbye, Heartbeat, ModelInfo
+from modelbus.schemas.status import ErrorCategory, ErrorInfo, ErrorType, ModelStatus
+from modelbus.schemas.views import ModelView, status_changed
 
 MODEL = "qwen2.5-coder"
 INFO = ModelInfo(owned_by="local:qwen", datasets=("sales",), can_generate_sql=True)

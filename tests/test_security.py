@@ -15,9 +15,9 @@ import httpx
 import msgspec
 from nats.aio.client import Client
 
-from ingress.server import IngressServer
-from services.config import AuthSettings, Config, HttpSettings, RuntimeSettings
-from services.runtime.embedded_nats import EmbeddedNats
+from modelbus.config import AuthSettings, Config, HttpSettings, RuntimeSettings
+from modelbus.ingress.server import IngressServer
+from modelbus.runtime.embedded_nats import EmbeddedNats
 from tests.ingress_helpers import QWEN, eventually, put_view, running_ingress, views_bucket
 from tests.support.processes import ServiceProcess, modelbus_argv, wait_http_ok
 from tests.support.stack import FAST_RUNTIME

@@ -34,17 +34,17 @@ from litestar import Litestar
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
-from ingress.controllers.events import events_router
-from ingress.status_stream import StreamSettings
-from ingress.view_store import ModelViewStore
-from schemas.asyncapi import asyncapi_document
-from schemas.status import ErrorCategory, ErrorInfo, ErrorType, ModelStatus
-from schemas.subjects import decode_token, encode_token, event_subject
-from schemas.views import ModelStatusEvent, ModelView
-from services.config import parse_config
-from services.registry import Registry
-from services.runtime.embedded_nats import EmbeddedNats
-from services.runtime.nats_client import connected
+from modelbus.config import parse_config
+from modelbus.ingress.controllers.events import events_router
+from modelbus.ingress.status_stream import StreamSettings
+from modelbus.ingress.view_store import ModelViewStore
+from modelbus.registry import Registry
+from modelbus.runtime.embedded_nats import EmbeddedNats
+from modelbus.runtime.nats_client import connected
+from modelbus.schemas.asyncapi import asyncapi_document
+from modelbus.schemas.status import ErrorCategory, ErrorInfo, ErrorType, ModelStatus
+from modelbus.schemas.subjects import decode_token, encode_token, event_subject
+from modelbus.schemas.views import ModelStatusEvent, ModelView
 from tests.ingress_helpers import GPT, QWEN, ingress_config, put_view, running_ingress, views_bucket
 from tests.support.processes import ServiceProcess, modelbus_argv, service
 from tests.support.stack import FAST_RUNTIME, running_stack
@@ -549,10 +549,10 @@ async def test_the_official_nats_js_client_sees_a_killed_worker(
 def test_the_committed_asyncapi_document_is_the_generated_one() -> None:
     committed = json.loads((ROOT / "docs" / "asyncapi.json").read_text())
     assert committed == asyncapi_document(), (
-        "docs/asyncapi.json is stale: .venv/bin/python -m schemas.asyncapi > docs/asyncapi.json"
+        "docs/asyncapi.json is stale: .venv/bin/python -m modelbus.schemas.asyncapi > docs/asyncapi.json"
     )
     printed = subprocess.run(
-        [sys.executable, "-m", "schemas.asyncapi"], cwd=ROOT, capture_output=True, check=True
+        [sys.executable, "-m", "modelbus.schemas.asyncapi"], cwd=ROOT, capture_output=True, check=True
     ).stdout
     assert json.loads(printed) == committed
 

@@ -18,13 +18,13 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
-from schemas.status import ModelStatus
-from schemas.subjects import encode_token, event_subject
-from schemas.views import ModelStatusEvent, ModelView
-from services.config import ConfigError, NatsSettings, parse_config
-from services.runtime.embedded_nats import EmbeddedNats
-from services.runtime.jetstream import ensure_events_stream, model_views
-from services.runtime.nats_client import connected
+from modelbus.config import ConfigError, NatsSettings, parse_config
+from modelbus.runtime.embedded_nats import EmbeddedNats
+from modelbus.runtime.jetstream import ensure_events_stream, model_views
+from modelbus.runtime.nats_client import connected
+from modelbus.schemas.status import ModelStatus
+from modelbus.schemas.subjects import encode_token, event_subject
+from modelbus.schemas.views import ModelStatusEvent, ModelView
 from tests.support.processes import ServiceProcess, modelbus_argv, service, wait_http_ok
 from tests.support.stack import FAST_RUNTIME
 from tests.support.upstream import Behaviour, UpstreamServer

@@ -8,11 +8,11 @@ import anyio
 import msgspec
 from nats.aio.client import Client
 
-from schemas.heartbeat import Goodbye, Heartbeat, ModelInfo, worker_report_decoder
-from schemas.status import ErrorCategory, ErrorInfo, ErrorType, ModelStatus
-from schemas.subjects import HEARTBEAT_WILDCARD, heartbeat_subject
-from services.config import HeartbeatSettings
-from services.runtime.worker import ModelState, WorkerRuntime
+from modelbus.config import HeartbeatSettings
+from modelbus.runtime.worker import ModelState, WorkerRuntime
+from modelbus.schemas.heartbeat import Goodbye, Heartbeat, ModelInfo, worker_report_decoder
+from modelbus.schemas.status import ErrorCategory, ErrorInfo, ErrorType, ModelStatus
+from modelbus.schemas.subjects import HEARTBEAT_WILDCARD, heartbeat_subject
 
 
 async def test_heartbeats_discovery_and_goodbye(nc: Client) -> None:

@@ -34,8 +34,8 @@ import yaml
 from sqlglot import exp
 
 from evals.nsql.score import refusal_ok, same_result
-from workers.nsql import sample_data
-from workers.nsql.names import TableRef
+from modelbus.runtime.clickhouse.names import TableRef
+from modelbus.workers.nsql import sample_data
 
 QUESTIONS = Path(__file__).with_name("questions.yaml")
 GROUPS = ("single", "join", "refuse")

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import uvloop
 
-from services.runtime.embedded_nats import EmbeddedNats
+from modelbus.runtime.embedded_nats import EmbeddedNats
 from tests.support.processes import ServiceProcess, modelbus_argv
 
 __all__ = ("System", "rss_kib", "run_main", "running_system")

@@ -9,9 +9,9 @@ import anyio
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from schemas.heartbeat import Goodbye, Heartbeat, worker_report_decoder
-from schemas.status import ModelStatus
-from schemas.subjects import HEARTBEAT_WILDCARD
+from modelbus.schemas.heartbeat import Goodbye, Heartbeat, worker_report_decoder
+from modelbus.schemas.status import ModelStatus
+from modelbus.schemas.subjects import HEARTBEAT_WILDCARD
 
 
 class HeartbeatLog:

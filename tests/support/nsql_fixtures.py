@@ -16,12 +16,12 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from services.config.model import ClickHouseSettings, DatasetConfig
-from workers.nsql.clickhouse import ClickHouse
-from workers.nsql.context import Message, TableSchema, describe
-from workers.nsql.datasets import Dataset, load_dataset
-from workers.nsql.executor import Executor
-from workers.nsql.names import TableRef
+from modelbus.config.model import ClickHouseSettings, DatasetConfig
+from modelbus.runtime.clickhouse.engine import ClickHouse
+from modelbus.runtime.clickhouse.names import TableRef
+from modelbus.workers.nsql.context import Message, TableSchema, describe
+from modelbus.workers.nsql.datasets import Dataset, load_dataset
+from modelbus.workers.nsql.executor import Executor
 
 # Small limits keep the resource tests fast; the top-5 question fits well inside them.
 TEST_SETTINGS = ClickHouseSettings(

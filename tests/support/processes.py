@@ -53,7 +53,7 @@ class ServiceProcess:
 
 
 def modelbus_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "services.cli", *args]
+    return [sys.executable, "-m", "modelbus.cli.main", *args]
 
 
 @contextmanager

@@ -16,13 +16,13 @@ import httpx
 import openai
 from nats.aio.client import Client
 
-from ingress.server import IngressServer
-from services.config import Config, parse_config
-from services.registry import Registry
-from services.runtime.nats_client import connected
-from workers.model.worker import ModelWorker
-from workers.nsql.clickhouse import ClickHouse
-from workers.nsql.worker import NsqlWorker
+from modelbus.config import Config, parse_config
+from modelbus.ingress.server import IngressServer
+from modelbus.registry import Registry
+from modelbus.runtime.clickhouse.engine import ClickHouse
+from modelbus.runtime.nats_client import connected
+from modelbus.workers.model.worker import ModelWorker
+from modelbus.workers.nsql.worker import NsqlWorker
 
 FAST_RUNTIME = """
 runtime:

@@ -1,5 +1,0 @@
-"""The HTTP face of modelbus: a Litestar app serving Spice's LLM API, fed by NATS.
-
-:func:`ingress.app.create_app` builds the app; :class:`ingress.server.IngressServer` serves it with uvicorn
-beside a :class:`ingress.view_store.ModelViewStore` that keeps the registry's model views in memory.
-"""

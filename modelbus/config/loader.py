@@ -1,0 +1,194 @@
+"""Read ``modelbus.yaml`` (or a ``spicepod.yaml``) into a :class:`Config`, failing with file, key and fix."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import msgspec
+import yaml
+
+from modelbus.config.model import Config, ModelConfig
+
+__all__ = ("ConfigError", "load_config", "parse_config")
+
+PROVIDERS = ("local", "openai")
+_SECRET = re.compile(r"\$\{(env|secrets):([A-Za-z_][A-Za-z0-9_]*)\}")
+_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
+_PATH = re.compile(r" - at `\$(.*)`$")
+
+
+class ConfigError(Exception):
+    """A configuration problem, with where it is and how to fix it."""
+
+    def __init__(self, source: str, key: str, problem: str, fix: str) -> None:
+        self.source, self.key, self.problem, self.fix = source, key, problem, fix
+        super().__init__(f"{source}: {key or '(top level)'}: {problem}. Fix: {fix}")
+
+
+def load_config(path: str | Path, environ: Mapping[str, str]) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read the file ({exc.strerror})", "check the path") from exc
+    return parse_config(text, environ, source=str(path))
+
+
+def parse_config(text: str, environ: Mapping[str, str], *, source: str = "<config>") -> Config:
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(source, where, "not valid YAML", "correct the YAML syntax there") from exc
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError(source, "", "the file must hold a mapping", "start with `models:` or `runtime:`")
+    tree = _substitute(tree, environ, source, "")
+    try:
+        config = msgspec.convert(tree, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise _explain(source, str(exc)) from exc
+    _check(config, source)
+    return config
+
+
+def _substitute(node: Any, environ: Mapping[str, str], source: str, key: str) -> Any:
+    if isinstance(node, dict):
+        return {k: _substitute(v, environ, source, f"{key}.{k}" if key else str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, environ, source, f"{key}[{i}]") for i, v in enumerate(node)]
+    if isinstance(node, str):
+
+        def value_of(match: re.Match[str]) -> str:
+            name = match.group(2)
+            if name not in environ:
+                raise ConfigError(source, key, f"environment variable {name} is not set", f"export {name}")
+            return environ[name]
+
+        return _SECRET.sub(value_of, node)
+    return node
+
+
+def _explain(source: str, message: str) -> ConfigError:
+    where = _PATH.search(message)
+    key = where.group(1).lstrip(".") if where else ""
+    problem = _PATH.sub("", message)
+    unknown = _UNKNOWN_FIELD.search(message)
+    if unknown:
+        valid = _fields_at(key)
+        close = difflib.get_close_matches(unknown.group(1), valid, n=1)
+        fix = f"did you mean `{close[0]}`?" if close else f"valid keys here: {', '.join(valid)}"
+        key = f"{key}.{unknown.group(1)}" if key else unknown.group(1)
+        return ConfigError(source, key, "unknown key", fix)
+    return ConfigError(source, key, problem, "give a value of the expected type (see docs/configuration.md)")
+
+
+def _fields_at(key: str) -> list[str]:
+    """The valid field names of the Struct found at a msgspec error path such as ``models[0].params``."""
+    tp: Any = Config
+    for part in re.findall(r"[^.\[\]]+", key):
+        if part.isdigit():
+            continue
+        hints = {f.encode_name: f.type for f in msgspec.structs.fields(tp)}
+        inner = hints.get(part)
+        args = getattr(inner, "__args__", ())
+        tp = next((a for a in (inner, *args) if isinstance(a, type) and issubclass(a, msgspec.Struct)), None)
+        if tp is None:
+            return []
+    return sorted(f.encode_name for f in msgspec.structs.fields(tp))
+
+
+# llama-server flags modelbus sets itself, from the model's params: passing them again would contradict those
+MANAGED_LLAMA_FLAGS: Mapping[str, str] = MappingProxyType(
+    {
+        "-m": "from", "--model": "from", "--host": "", "--port": "",
+        "-np": "parallel", "--parallel": "parallel", "-c": "n_ctx", "--ctx-size": "n_ctx",
+        "-t": "n_threads", "--threads": "n_threads", "-a": "",
+        "--alias": "", "--jinja": "", "--no-jinja": "", "--api-key": "", "--api-key-file": "",
+    }
+)  # fmt: skip
+
+
+def _check_local(model: ModelConfig, key: str, source: str) -> None:
+    params = model.params
+    if params.capacity is not None and params.capacity != params.parallel:
+        raise ConfigError(
+            source, f"{key}.params.capacity",
+            f"a local model serves `parallel` ({params.parallel}) requests at once, not {params.capacity}",
+            f"remove `capacity`, or set `parallel: {params.capacity}` (llama-server's slots)",
+        )  # fmt: skip
+    for flag in params.llama_server_args:
+        name = flag.partition("=")[0]
+        if name in MANAGED_LLAMA_FLAGS:
+            param = MANAGED_LLAMA_FLAGS[name]
+            fix = f"set params.{param} instead" if param else "remove it: modelbus sets it"
+            raise ConfigError(
+                source, f"{key}.params.llama_server_args", f"`{name}` is set by modelbus itself", fix
+            )
+
+
+def _check_models(config: Config, source: str) -> None:
+    names = [m.name for m in config.models]
+    for i, model in enumerate(config.models):
+        key = f"models[{i}]"
+        if not model.name.strip():
+            raise ConfigError(
+                source, f"{key}.name", "a model needs a name", "set `name:` to the id clients use"
+            )
+        if names.count(model.name) > 1:
+            raise ConfigError(source, f"{key}.name", f"model `{model.name}` is defined twice", "rename one")
+        if model.provider not in PROVIDERS or not model.provider_model:
+            raise ConfigError(
+                source,
+                f"{key}.from",
+                f"`{model.from_}` is not a supported model source",
+                f"use `<provider>:<model>` with provider one of {', '.join(PROVIDERS)}",
+            )
+        if model.provider == "local":
+            _check_local(model, key, source)
+        dataset_names = {d.name for d in config.datasets}
+        for dataset in model.datasets:
+            if dataset not in dataset_names:
+                raise ConfigError(
+                    source,
+                    f"{key}.datasets",
+                    f"dataset `{dataset}` is not defined",
+                    "add it under `datasets:`",
+                )
+
+
+def _check(config: Config, source: str) -> None:
+    _check_models(config, source)
+    names = [m.name for m in config.models]
+    nats = config.runtime.nats
+    given = [k for k in ("token", "creds_file") if getattr(nats, k)] + (["user"] if nats.user else [])
+    if len(given) > 1:
+        raise ConfigError(
+            source, "runtime.nats", f"{' and '.join(given)} are both set", "use one way to log in"
+        )
+    if nats.user and not nats.password:
+        raise ConfigError(source, "runtime.nats.password", "a user needs a password", "set `password:`")
+    nsql_model = config.runtime.nsql.model
+    if nsql_model is not None and config.model(nsql_model) is None:
+        raise ConfigError(
+            source, "runtime.nsql.model", f"model `{nsql_model}` is not defined", f"use one of {names}"
+        )
+    clickhouse = config.runtime.clickhouse.url
+    if clickhouse != "embedded" and not clickhouse.startswith(("http://", "https://")):
+        raise ConfigError(
+            source, "runtime.clickhouse.url", f"`{clickhouse}` is not a ClickHouse URL",
+            "use `embedded`, or http(s)://[user:password@]host:port",
+        )  # fmt: skip
+    datasets = [d.name for d in config.datasets]
+    for i, name in enumerate(datasets):
+        if datasets.count(name) > 1:
+            raise ConfigError(
+                source, f"datasets[{i}].name", f"dataset `{name}` is defined twice", "rename one"
+            )

@@ -1,0 +1,250 @@
+"""The shape of ``modelbus.yaml``: spicepod-like ``models:`` and ``datasets:`` plus a ``runtime:`` block.
+
+Every Struct forbids unknown fields, so a typo fails at start instead of being ignored. Durations are in
+seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+__all__ = (
+    "AuthSettings",
+    "ChatSettings",
+    "ClickHouseSettings",
+    "Config",
+    "DatasetConfig",
+    "DatasetExample",
+    "HeartbeatSettings",
+    "HistorySettings",
+    "HttpSettings",
+    "ModelConfig",
+    "ModelParams",
+    "NatsSettings",
+    "NsqlSettings",
+    "RuntimeSettings",
+)
+
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    pass
+
+
+class HttpSettings(_Section, frozen=True):
+    host: str = "127.0.0.1"
+    port: Port = 8090
+    max_body_bytes: PositiveInt = 4 * 1024 * 1024
+
+
+class NatsSettings(_Section, frozen=True):
+    """``url: embedded`` (the default) starts nats-server from the venv on loopback."""
+
+    url: str = "embedded"
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds_file: str | None = None
+    connect_timeout: Seconds = 5.0
+    drain_timeout: Seconds = 10.0
+
+    @property
+    def embedded(self) -> bool:
+        return self.url == "embedded"
+
+
+class AuthSettings(_Section, frozen=True):
+    """API keys accepted in ``X-API-Key`` or ``Authorization: Bearer``; none configured means open."""
+
+    api_keys: tuple[Annotated[str, msgspec.Meta(min_length=8)], ...] = ()
+
+
+class HeartbeatSettings(_Section, frozen=True):
+    interval: Seconds = 2.0
+    ttl_intervals: PositiveInt = 3
+
+    @property
+    def ttl(self) -> float:
+        return self.interval * self.ttl_intervals
+
+
+class ChatSettings(_Section, frozen=True):
+    """How chat requests travel: bounded per-model work queues, deadlines, redelivery."""
+
+    queue_depth: PositiveInt = 256  # queued + running requests per model; beyond it: 429
+    request_timeout: Seconds = 300.0  # the deadline of a request, queued time included
+    ack_wait: Seconds = 5.0  # a worker that stops confirming progress this long is presumed dead
+    max_deliver: PositiveInt = 5
+    keepalive: Seconds = 1.0  # how often a busy worker says it is alive to the ingress
+    retry_after: PositiveInt = 1  # the Retry-After a 429 carries
+    # a request waiting in the queue (no worker holds it) whose model has been `error` this long gets the 503
+    # a new request would get; `loading` (a worker restarting) is waited for until the deadline
+    error_grace: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+
+
+class ClickHouseSettings(_Section, frozen=True):
+    """Where datasets live and the limits untrusted (model-written) SQL runs under.
+
+    ``url: embedded`` (the default) runs the ClickHouse engine in-process (chdb) on a data directory of
+    the NSQL worker's own (``data_dir``, default ``<state_dir>/clickhouse``; one process per directory).
+    ``http(s)://[user:password@]host:port`` talks to a ClickHouse server with the same code.
+    """
+
+    url: str = "embedded"
+    username: str | None = None
+    password: str | None = None
+    data_dir: str | None = None
+    database: str = "modelbus"  # file and sample datasets are loaded here
+    sandbox_database: str = "modelbus_sandbox"  # an empty database: the current one for untrusted SQL
+    readers: PositiveInt = 4  # concurrent untrusted queries (one reader connection each)
+    max_execution_time: Seconds = 10.0
+    max_result_rows: PositiveInt = 10_000
+    max_result_bytes: PositiveInt = 64 * 1024 * 1024
+    max_memory_usage: PositiveInt = 1024 * 1024 * 1024
+    max_sql_chars: PositiveInt = 20_000
+
+    @property
+    def embedded(self) -> bool:
+        return self.url == "embedded"
+
+
+class NsqlSettings(_Section, frozen=True):
+    """Text-to-SQL: attempts per request and how much context goes into the prompt."""
+
+    model: str | None = None  # the default model for /v1/nsql (else the one model with datasets)
+    max_attempts: PositiveInt = 3
+    capacity: PositiveInt = 4  # requests one NSQL worker runs at once
+    queue_depth: PositiveInt = 256
+    request_timeout: Seconds = 120.0
+    max_deliver: PositiveInt = 5  # deliveries of one question (a worker that dies hands it to another)
+    max_context_datasets: PositiveInt = 4
+    # example rows in the prompt (with sample_data_enabled): 0 by default, because whole rows lead the small
+    # default model to order single rows instead of aggregating (measured on the seed's question); the
+    # distinct values of low-cardinality columns, which help with filters, are still given
+    sample_rows: Annotated[int, msgspec.Meta(ge=0)] = 0
+    distinct_values: Annotated[int, msgspec.Meta(ge=0)] = 10
+    # SQL candidates per attempt, asked at once (the local engine batches them); their results are voted on.
+    # The first is greedy, the others sampled at candidate_temperature.
+    candidates: PositiveInt = 1
+    candidate_temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] = 0.7
+    # the temperature of a retry (after a failed attempt): at 0 a small model repeats its statement
+    retry_temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] = 0.4
+    max_sql_tokens: PositiveInt = 512  # per model call: a sampled reply must not run on to the context's end
+
+    # --- POST /v1/nsql replies and streams (modelbus/workers/nsql/reply_parts.py,
+    # modelbus/ingress/nsql_reply.py) --- The largest rendered answer; a larger one is 400 result_too_large.
+    # The worker renders it and the ingress reassembles it in memory; it crosses NATS in max_payload-sized
+    # parts, so keep it well below the server's max_pending (64 MiB by default).
+    max_reply_bytes: PositiveInt = 16 * 1024 * 1024
+    stream_keepalive: Seconds = 5.0  # `stream: true`: a `: nsql still in progress` comment this often
+
+
+class HistorySettings(_Section, frozen=True):
+    """Task history: every request and model status change as a row of ClickHouse's ``task_history``.
+
+    ``record`` says what of prompts and answers is kept: ``none``, the first ``max_chars`` characters
+    (``truncated``), or all of it (``full``). Events wait on the ``MODELBUS_TASKS`` stream until every sink
+    has written them, in batches of up to ``batch_size`` or every ``flush_interval`` seconds; while sinks
+    are away, up to ``retention`` seconds and ``max_bytes``.
+    """
+
+    enabled: bool = True
+    record: Literal["none", "truncated", "full"] = "truncated"
+    max_chars: PositiveInt = 200
+    table: str = "task_history"  # in runtime.clickhouse.database
+    keep_days: Annotated[int, msgspec.Meta(ge=0)] = 30  # rows older than this are dropped (0: kept forever)
+    batch_size: PositiveInt = 1000
+    flush_interval: Seconds = 1.0
+    retention: Seconds = 7 * 24 * 3600.0
+    max_bytes: PositiveInt = 1024 * 1024 * 1024
+
+
+class RuntimeSettings(_Section, frozen=True):
+    http: HttpSettings = HttpSettings()
+    nats: NatsSettings = NatsSettings()
+    auth: AuthSettings = AuthSettings()
+    heartbeat: HeartbeatSettings = HeartbeatSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    nsql: NsqlSettings = NsqlSettings()
+    chat: ChatSettings = ChatSettings()
+    history: HistorySettings = HistorySettings()
+    state_dir: str = ".modelbus"
+    shutdown_grace: Seconds = 10.0
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+
+class ModelParams(_Section, frozen=True):
+    """Per-model parameters. Provider-specific keys are ignored by other providers."""
+
+    capacity: PositiveInt | None = None  # default: `parallel` for local, 16 for openai
+    system_prompt: str | None = None
+    defaults: dict[str, Any] = {}  # OpenAI request fields applied when the request leaves them out
+    supports_responses_api: bool = False
+    # openai provider
+    endpoint: str = "https://api.openai.com/v1"
+    api_key: str | None = None
+    openai_api_key: str | None = None  # the spicepod spelling of api_key
+    check_timeout: Seconds = 10.0
+    recheck_initial: Seconds = 1.0
+    recheck_max: Seconds = 60.0
+    # local provider (llama.cpp's llama-server, one child process per model)
+    sha256: str | None = None
+    url: str | None = None
+    parallel: PositiveInt = 4  # llama-server's slots (-np): requests generated at once, batched together
+    n_ctx: PositiveInt = 4096  # context per slot, in tokens (llama-server gets -c parallel * n_ctx)
+    n_threads: PositiveInt | None = None  # default: every core this process may use
+    llama_server_args: tuple[str, ...] = ()  # more llama-server flags, passed as they are
+    load_timeout: Seconds = 300.0  # from start until llama-server answers its health check
+
+
+class ModelConfig(_Section, frozen=True):
+    name: str
+    from_: str = msgspec.field(name="from")
+    description: str | None = None
+    datasets: tuple[str, ...] = ()
+    params: ModelParams = ModelParams()
+    dependsOn: tuple[str, ...] = ()
+
+    @property
+    def provider(self) -> str:
+        return self.from_.partition(":")[0]
+
+    @property
+    def provider_model(self) -> str:
+        return self.from_.partition(":")[2]
+
+
+class DatasetExample(_Section, frozen=True):
+    """A worked example for NSQL prompts: a question about the dataset and the SQL that answers it."""
+
+    question: Annotated[str, msgspec.Meta(min_length=1)]
+    sql: Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class DatasetConfig(_Section, frozen=True):
+    name: str
+    from_: str = msgspec.field(name="from")
+    description: str | None = None
+    params: dict[str, str] = {}
+    # NSQL prompt context: the column other datasets join on (else inferred: a shared column that has a
+    # distinct value in every row), and worked examples (a built-in sample has its own; these replace them)
+    primary_key: str | None = None
+    examples: tuple[DatasetExample, ...] | None = None
+
+
+class Config(_Section, frozen=True):
+    version: str = "v1"
+    kind: Literal["Modelbus", "Spicepod"] = "Modelbus"
+    name: str = "modelbus"
+    runtime: RuntimeSettings = RuntimeSettings()
+    models: tuple[ModelConfig, ...] = ()
+    datasets: tuple[DatasetConfig, ...] = ()
+
+    def model(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.name == name), None)

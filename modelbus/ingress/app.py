@@ -1,0 +1,61 @@
+"""The Litestar application of the ingress: routes, error shape, auth, request logging and limits.
+
+``create_app`` takes every collaborator explicitly (the view store and the bus client) and reads
+nothing from the environment. The app's ASGI handler is wrapped so that metrics, request logging, then
+API-key auth run in front of routing: every response, a 404 for an unknown route included, carries
+``x-request-id`` and is counted in ``GET /metrics`` (the metrics live in a registry of this app's own).
+"""
+
+from __future__ import annotations
+
+from litestar import Litestar
+
+from modelbus.config import Config
+from modelbus.ingress.auth import ApiKeyAuth
+from modelbus.ingress.controllers.chat import chat_router
+from modelbus.ingress.controllers.events import events_router
+from modelbus.ingress.controllers.health import health_router
+from modelbus.ingress.controllers.metrics import metrics_router
+from modelbus.ingress.controllers.models import models_router
+from modelbus.ingress.controllers.nsql import nsql_router
+from modelbus.ingress.errors import EXCEPTION_HANDLERS
+from modelbus.ingress.logging_middleware import RequestLogging
+from modelbus.ingress.metrics import IngressMetrics, QueueDepths, RequestMetrics
+from modelbus.ingress.openapi import API_KEY_SECURITY, openapi_config
+from modelbus.ingress.view_store import ModelViewStore
+from modelbus.runtime.tasks.recorder import TaskRecorder
+from modelbus.runtime.work_queue.client import ChatDispatcher
+
+__all__ = ("create_app",)
+
+
+def create_app(
+    config: Config, views: ModelViewStore, chat: ChatDispatcher, recorder: TaskRecorder | None = None
+) -> Litestar:
+    """``recorder`` records each chat and NSQL request in the task history (default: as configured)."""
+    recorder = recorder or TaskRecorder(chat.nc, config.runtime.history, component="ingress")
+    api_keys = config.runtime.auth.api_keys
+    security = API_KEY_SECURITY if api_keys else None
+    depths = QueueDepths(chat.nc.jetstream(), views, config.runtime.chat, config.runtime.nsql)
+    metrics = IngressMetrics(views, depths)
+    app = Litestar(
+        route_handlers=[
+            health_router(views),
+            models_router(views, security=security),
+            events_router(views, security=security),
+            chat_router(views, chat, recorder, security=security),
+            nsql_router(config, views, chat, recorder, security=security),
+            metrics_router(metrics),
+        ],
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=config.runtime.http.max_body_bytes,
+        openapi_config=openapi_config(auth=bool(api_keys)),
+        logging_config=None,
+        debug=False,
+    )
+    # Litestar's own middleware runs only after routing has found a route; these must see every request.
+    handler = app.asgi_handler
+    if api_keys:
+        handler = ApiKeyAuth(handler, api_keys)
+    app.asgi_handler = RequestMetrics(RequestLogging(handler), metrics)
+    return app

@@ -1,0 +1,265 @@
+"""``POST /v1/chat/completions``: OpenAI's chat completions, answered by model workers over the bus.
+
+The request is validated here (the OpenAI shape, the model known and ready), queued on the model's work
+queue, and answered from the worker's replies: one JSON body, or server-sent events ending with
+``data: [DONE]``. A client that goes away cancels the work.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from functools import partial
+from typing import Annotated, Any
+
+import anyio
+import msgspec
+import structlog
+from litestar import MediaType, Request, Response, Router, post
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Schema
+from litestar.openapi.spec.security_requirement import SecurityRequirement
+from litestar.params import Body
+from litestar.response import Stream
+
+from modelbus.config import ChatSettings
+from modelbus.ingress.disconnect import unless_disconnected
+from modelbus.ingress.errors import ApiError, error_body, error_spec, model_not_ready
+from modelbus.ingress.model_watch import ModelFailed, give_up_when_failed
+from modelbus.ingress.openapi import operation_with_content, sse_media_type
+from modelbus.ingress.request_task import RequestTask
+from modelbus.ingress.view_store import ModelViewStore
+from modelbus.runtime.tasks.recorder import TaskRecorder
+from modelbus.runtime.tasks.summaries import chat_input, completion_output, stream_piece
+from modelbus.runtime.work_queue.client import (
+    BusUnavailable,
+    ChatDispatcher,
+    PendingChat,
+    QueueFull,
+    ReplyLost,
+)
+from modelbus.schemas.chat import ChatChunk, ChatEnd, ChatFailure, ChatReply, ChatResult
+from modelbus.schemas.openai import ChatCompletionRequest
+from modelbus.schemas.status import ModelStatus
+
+__all__ = ("chat_router",)
+
+log = structlog.get_logger(__name__)
+_encoder = msgspec.json.Encoder()
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+DONE = b"data: [DONE]\n\n"
+ChatBody = Annotated[ChatCompletionRequest, Body(description="OpenAI's chat completion request")]
+_COMPLETION_CONTENT = {
+    MediaType.JSON.value: OpenAPIMediaType(
+        schema=Schema(
+            type=OpenAPIType.OBJECT,
+            description="OpenAI's `chat.completion` object, as the provider answered it",
+            required=["id", "object", "created", "model", "choices"],
+            properties={
+                "id": Schema(type=OpenAPIType.STRING),
+                "object": Schema(type=OpenAPIType.STRING, const="chat.completion"),
+                "created": Schema(type=OpenAPIType.INTEGER),
+                "model": Schema(type=OpenAPIType.STRING),
+                "choices": Schema(type=OpenAPIType.ARRAY, items=Schema(type=OpenAPIType.OBJECT)),
+                "usage": Schema(type=OpenAPIType.OBJECT),
+            },
+        )
+    ),
+    "text/event-stream": sse_media_type(
+        "One server-sent event (`stream: true`): a `chat.completion.chunk` as JSON in "
+        "`data`, the last one `[DONE]`; a failure after the first chunk is an `error` event with the "
+        "error shape."
+    ),
+}
+
+
+def _failure_error(failure: ChatFailure) -> ApiError:
+    """The worker's failure as it is; a model not ready yet (still loading) says when to retry."""
+    return ApiError(
+        failure.status,
+        failure.message,
+        code=failure.code or "upstream_error",
+        type_=failure.error_type,
+        param=failure.param,
+        headers={"Retry-After": "1"} if failure.code == "model_not_ready" else None,
+    )
+
+
+def _sse_error(status: int, message: str, code: str, type_: str = "server_error") -> bytes:
+    body = _encoder.encode(error_body(status, message, code=code, type_=type_))
+    return b"event: error\ndata: " + body + b"\n\n"
+
+
+def _check_model(views: ModelViewStore, model: str) -> None:
+    if not views.initialized:
+        raise ApiError(
+            503,
+            "the model registry has not reported yet; retry shortly",
+            code="app_not_initialized",
+            headers={"Retry-After": "1"},
+        )
+    view = views.get(model)
+    if view is None:
+        raise ApiError(404, f"The model `{model}` does not exist", code="model_not_found", param="model")
+    if view.status is not ModelStatus.READY:
+        raise model_not_ready(model, view)
+
+
+def _bus_error(exc: Exception, model: str, settings: ChatSettings) -> ApiError:
+    if isinstance(exc, QueueFull):
+        return ApiError(
+            429,
+            f"The queue of model `{model}` is full; retry later",
+            code="queue_full",
+            headers={"Retry-After": str(settings.retry_after)},
+        )
+    if isinstance(exc, TimeoutError):
+        return ApiError(504, "The request timed out before a worker answered", code="timeout")
+    if isinstance(exc, ReplyLost):
+        return ApiError(502, f"The worker answering stopped: {exc}", code="worker_lost")
+    if isinstance(exc, ModelFailed):
+        return model_not_ready(model, exc.view)
+    return ApiError(
+        503,
+        "The message bus is unavailable; retry shortly",
+        code="bus_unavailable",
+        headers={"Retry-After": "1"},
+    )
+
+
+def _observe(task: RequestTask, items: list[bytes]) -> None:
+    """Collect what the history and metrics keep of a stream: its text (as far as kept) and usage."""
+    for item in items:
+        if task.collects_output or b'"usage"' in item:
+            text, usage = stream_piece(item)
+            task.add_output(text)
+            task.set_usage(usage)
+
+
+async def _events(pending: PendingChat, first: ChatReply, task: RequestTask) -> AsyncIterator[bytes]:
+    """SSE bytes from the worker's chunks; a failure after the first chunk is an error event, then the end."""
+    complete = False
+    status, code, message = 200, None, None  # what the history records: the stream's real outcome
+    try:
+        reply = first
+        while True:
+            if isinstance(reply, ChatChunk):
+                items = [bytes(item) for item in reply.data]
+                _observe(task, items)
+                yield b"".join(b"data: " + item + b"\n\n" for item in items)
+            elif isinstance(reply, ChatEnd):
+                complete = True
+                yield DONE
+                return
+            elif isinstance(reply, ChatFailure):
+                complete = True
+                status, code, message = reply.status, reply.code or "upstream_error", reply.message
+                yield _sse_error(reply.status, reply.message, code, reply.error_type)
+                return
+            try:
+                reply = await pending.next()
+            except TimeoutError:
+                complete = True
+                status, code, message = 504, "timeout", "The request timed out"
+                yield _sse_error(status, message, code)
+                return
+            except ReplyLost as exc:
+                complete = True
+                status, code, message = 502, "worker_lost", f"The stream was interrupted: {exc}"
+                yield _sse_error(status, message, code)
+                return
+    finally:
+        with anyio.CancelScope(shield=True):
+            await pending.close(cancel=not complete)
+            if not complete:
+                status, code = 499, "client_closed"
+            await task.finish(status, error_code=code, error_message=message)
+
+
+def chat_router(
+    views: ModelViewStore,
+    dispatcher: ChatDispatcher,
+    recorder: TaskRecorder,
+    *,
+    security: list[SecurityRequirement] | None,
+) -> Router:
+    settings = dispatcher.settings
+    errors = {
+        400: error_spec("Malformed or invalid request"),
+        404: error_spec("Unknown model"),
+        413: error_spec("The request body is too large"),
+        429: error_spec("The model's queue is full (see Retry-After)"),
+        502: error_spec("The upstream provider failed"),
+        503: error_spec("The model has no ready worker, or the bus is unavailable"),
+        504: error_spec("The deadline passed"),
+    }
+    if security:
+        errors[401] = error_spec("Missing or invalid API key")
+
+    @post(
+        "/chat/completions",
+        summary="Create a chat completion (OpenAI-compatible, streaming included)",
+        description="A `chat.completion` object as JSON, or with `stream: true` server-sent events: one "
+        "`chat.completion.chunk` per `data:` line, then `data: [DONE]`.",
+        status_code=200,
+        security=security,
+        responses=errors,
+        operation_class=operation_with_content({"200": _COMPLETION_CONTENT}),
+    )
+    async def create_chat_completion(request: Request[Any, Any, Any], data: ChatBody) -> Response[Any]:
+        stream = bool(data.stream)
+        request.state.model = data.model
+        task = RequestTask(
+            recorder,
+            request,
+            task="chat_stream" if stream else "chat",
+            model=data.model if views.get(data.model) is not None else "",  # never a client's made-up name
+            input=chat_input(data.messages) if recorder.keeps_text else None,
+        )
+        return await task.around(partial(_complete, request, data, task))
+
+    async def _complete(
+        request: Request[Any, Any, Any], data: ChatCompletionRequest, task: RequestTask
+    ) -> Response[Any]:
+        _check_model(views, data.model)
+        stream = bool(data.stream)
+        include_usage = bool(stream and data.stream_options and data.stream_options.include_usage)
+        # the bus id is always ours: a client's x-request-id may repeat or hold characters subjects can't
+        request_id = task.request_id = uuid.uuid4().hex
+        structlog.contextvars.bind_contextvars(bus_request_id=request_id)
+        try:
+            pending = await dispatcher.submit(
+                data.model,
+                await request.body(),
+                request_id=request_id,
+                stream=stream,
+                include_usage=include_usage,
+                traceparent=task.traceparent,
+                give_up=give_up_when_failed(views, data.model, grace=settings.error_grace),
+            )
+        except (QueueFull, BusUnavailable) as exc:
+            raise _bus_error(exc, data.model, settings) from exc
+        try:
+            first = await unless_disconnected(request, pending.next)
+        except (TimeoutError, ReplyLost, ModelFailed) as exc:
+            await pending.close(cancel=True)  # a queued request is then never started
+            raise _bus_error(exc, data.model, settings) from exc
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await pending.close(cancel=True)
+            raise
+        if first is None:  # the client left; nobody will read a response
+            await pending.close(cancel=True)
+            return Response(content=b"", status_code=499)
+        if isinstance(first, ChatFailure):
+            await pending.close(cancel=False)
+            raise _failure_error(first)
+        if isinstance(first, ChatResult):
+            await pending.close(cancel=False)
+            data_bytes = bytes(first.data)
+            text, usage = completion_output(data_bytes)
+            task.add_output(text)
+            task.set_usage(usage)
+            return Response(content=data_bytes, media_type=MediaType.JSON)
+        return Stream(_events(pending, first, task), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    return Router(path="/v1", route_handlers=[create_chat_completion])

@@ -1,0 +1,43 @@
+"""When a request waiting for a model should stop waiting: the model has been ``error`` for a while.
+
+A new request for a model in ``error`` is refused at once (503). One already queued would otherwise wait for
+its deadline (minutes) for a worker that may not come; it gets the same 503 once the model has been ``error``
+for ``runtime.chat.error_grace`` seconds, as this ingress saw it (no clocks of other machines involved). The
+grace lets a lone worker that crashed be replaced without failing what waits for it; ``loading`` (a worker
+restarting or reloading) is waited for until the deadline.
+"""
+
+from __future__ import annotations
+
+import time
+
+from modelbus.ingress.view_store import ModelViewStore
+from modelbus.runtime.work_queue.client import GiveUp
+from modelbus.schemas.status import ModelStatus
+from modelbus.schemas.views import ModelView
+
+__all__ = ("ModelFailed", "give_up_when_failed")
+
+
+class ModelFailed(Exception):
+    """The model turned ``error`` (or left the registry) while the request waited."""
+
+    def __init__(self, view: ModelView | None) -> None:
+        super().__init__("the model has no ready worker")
+        self.view = view
+
+
+def give_up_when_failed(views: ModelViewStore, model: str, *, grace: float) -> GiveUp:
+    failing_since: float | None = None
+
+    def check() -> BaseException | None:
+        nonlocal failing_since
+        view = views.get(model)
+        if view is not None and view.status is not ModelStatus.ERROR:
+            failing_since = None
+            return None
+        now = time.monotonic()
+        failing_since = now if failing_since is None else failing_since
+        return ModelFailed(view) if now - failing_since >= grace else None
+
+    return check

@@ -1,0 +1,189 @@
+"""Models served by any OpenAI-compatible HTTP server (OpenAI itself, vLLM, llama.cpp server, ...).
+
+The HTTP client is aiohttp: on this path it spends about a fifth of the CPU per request that httpx does
+(measured: 255 us against 1,211 us for a small completion), and a model worker's throughput is that CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import msgspec
+
+from modelbus.config import ModelConfig
+from modelbus.runtime.worker import ModelState
+from modelbus.workers.model.providers.base import ChatCall, CheckFailed, Emit, ProviderError
+from modelbus.workers.model.providers.errors import (
+    UpstreamResponse,
+    classify_response,
+    classify_transport,
+    stream_error,
+    transport_error,
+    upstream_error,
+    upstream_message,
+)
+from modelbus.workers.model.providers.usage import UsageCounter, usage_chunk
+
+__all__ = ("OpenAIProvider",)
+
+_encoder = msgspec.json.Encoder()
+_DATA = b"data:"
+_ERROR_EVENT = b"error:"  # how older llama-server builds send an error inside a stream
+_DONE = b"[DONE]"
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    delta: _Delta | None = None
+
+
+class _ChunkView(msgspec.Struct):
+    """The few fields of a stream chunk modelbus looks at (the chunk itself is passed on untouched)."""
+
+    id: str = ""
+    model: str = ""
+    created: int = 0
+    choices: list[_Choice] = []
+    usage: dict[str, Any] | None = None
+    error: msgspec.Raw = msgspec.Raw()  # ``data: {"error": {...}}``: the upstream failed mid-stream
+
+
+_chunk_decoder = msgspec.json.Decoder(_ChunkView)
+
+
+class OpenAIProvider:
+    """Chat over OpenAI's HTTP API; ``unix_socket`` reaches a server on a Unix socket (llama-server)."""
+
+    def __init__(
+        self,
+        model: ModelConfig,
+        state: ModelState,
+        *,
+        endpoint: str | None = None,
+        unix_socket: Path | None = None,
+        upstream_model: str | None = None,
+        where: str | None = None,
+        reuse_connections: bool = True,
+    ) -> None:
+        self.model = model
+        self.state = state
+        params = model.params
+        api_key = params.api_key or params.openai_api_key
+        self._api_key = api_key or None  # masked out of upstream error messages
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self.endpoint = (endpoint or params.endpoint).rstrip("/")
+        self.where = where or self.endpoint  # how error messages name the server
+        self.upstream_model = upstream_model or model.provider_model
+        self._unix_socket = unix_socket
+        self._reuse = reuse_connections
+        self._url = f"{self.endpoint}/chat/completions"
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        """The HTTP session, created on first use (inside the running event loop)."""
+        if self._session is None:
+            limit = self.state.capacity + 2
+            reuse = {"keepalive_timeout": 30} if self._reuse else {"force_close": True}
+            connector: aiohttp.BaseConnector = (
+                aiohttp.UnixConnector(path=str(self._unix_socket), limit=limit, **reuse)
+                if self._unix_socket is not None
+                else aiohttp.TCPConnector(limit=limit, **reuse)
+            )
+            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
+        return self._session
+
+    async def check(self) -> None:
+        """A minimal real request (one completion token) that proves endpoint, key and model name."""
+        probe = {
+            "model": self.upstream_model,
+            "messages": [{"role": "user", "content": "ping"}],
+            "max_completion_tokens": 1,
+        }
+        timeout = aiohttp.ClientTimeout(total=self.model.params.check_timeout)
+        try:
+            async with self.session().post(
+                self._url, data=_encoder.encode(probe), timeout=timeout
+            ) as response:
+                body = await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise CheckFailed(
+                classify_transport(exc), f"{type(exc).__name__} calling {self.where}: {exc}"
+            ) from exc
+        if response.status >= 400:
+            failed = UpstreamResponse(response.status, body)
+            raise CheckFailed(classify_response(failed), upstream_message(failed, self._api_key))
+
+    def _post(self, call: ChatCall, *, stream: bool) -> Any:
+        body = {**call.body, "model": self.upstream_model, "stream": stream}
+        if stream and call.include_usage:
+            body["stream_options"] = {"include_usage": True}
+        elif not stream:
+            body.pop("stream_options", None)
+        remaining = max(0.001, call.deadline - time.time()) if call.deadline else None  # 0: no deadline
+        timeout = aiohttp.ClientTimeout(total=remaining, sock_connect=self.model.params.check_timeout)
+        return self.session().post(self._url, data=_encoder.encode(body), timeout=timeout)
+
+    async def complete(self, call: ChatCall) -> bytes:
+        try:
+            async with self._post(call, stream=False) as response:
+                body: bytes = await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise transport_error(exc, self.where) from exc
+        if response.status >= 400:
+            raise upstream_error(UpstreamResponse(response.status, body), self._api_key)
+        return body
+
+    async def stream(self, call: ChatCall, emit: Emit) -> None:
+        counter = UsageCounter(call.body)
+        saw_usage = False
+        last = _ChunkView()
+        try:
+            async with self._post(call, stream=True) as response:
+                if response.status >= 400:
+                    raise upstream_error(
+                        UpstreamResponse(response.status, await response.read()), self._api_key
+                    )
+                async for raw_line in response.content:
+                    line = raw_line.strip()
+                    if line.startswith(_ERROR_EVENT):
+                        raise stream_error(line[len(_ERROR_EVENT) :].strip(), self._api_key)
+                    if not line.startswith(_DATA):
+                        continue
+                    chunk = line[len(_DATA) :].strip()
+                    if chunk == _DONE:
+                        break
+                    try:
+                        last = _chunk_decoder.decode(chunk)
+                    except msgspec.DecodeError as exc:
+                        raise ProviderError(
+                            502, f"the upstream sent a malformed stream chunk: {exc}"
+                        ) from exc
+                    if last.error and bytes(last.error) != b"null":
+                        raise stream_error(bytes(last.error), self._api_key)
+                    saw_usage = saw_usage or last.usage is not None
+                    counter.completion_tokens += sum(1 for c in last.choices if c.delta and c.delta.content)
+                    await emit(chunk)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise transport_error(exc, self.where) from exc
+        if call.include_usage and not saw_usage:
+            model = last.model or self.upstream_model
+            await emit(usage_chunk(last.id, model, counter.usage(), last.created))
+
+    async def watch(self) -> CheckFailed:
+        """A remote model is probed again only when a request shows it cannot serve: nothing to watch."""
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()

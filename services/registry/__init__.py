@@ -1,5 +1,0 @@
-"""The registry: aggregates worker heartbeats into one view per model (KV bucket) and status events."""
-
-from services.registry.service import Registry
-
-__all__ = ("Registry",)

@@ -1,6 +1,0 @@
-"""The provider seam: how a model worker talks to whatever actually runs a model."""
-
-from workers.model.providers.base import CheckFailed, Provider, keep_ready
-from workers.model.providers.factory import create_provider
-
-__all__ = ("CheckFailed", "Provider", "create_provider", "keep_ready")
