@@ -19,7 +19,8 @@ from modelbus.config import ChatSettings
 from modelbus.ingress.app import create_app
 from modelbus.ingress.server import IngressServer
 from modelbus.ingress.view_store import ModelViewStore
-from modelbus.runtime.work_queue.client import ChatDispatcher
+from modelbus.runtime.work_queue.client import WorkQueueClient
+from modelbus.schemas.chat import CHAT
 from modelbus.schemas.status import ModelStatus
 from modelbus.schemas.views import ModelView
 from tests.ingress_helpers import (
@@ -245,7 +246,7 @@ async def serve_app(app: uvicorn.Config) -> AsyncIterator[str]:
 
 
 async def test_unexpected_exception_is_a_json_500_without_secrets(nc: Client) -> None:
-    app = create_app(ingress_config(), _BrokenViews(nc), ChatDispatcher(nc, ChatSettings()))
+    app = create_app(ingress_config(), _BrokenViews(nc), WorkQueueClient(nc, {CHAT: ChatSettings()}))
     config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_config=None, ws="none")
     with structlog.testing.capture_logs() as logs:
         async with serve_app(config) as url, httpx.AsyncClient(base_url=url) as http:

@@ -24,15 +24,15 @@ from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from modelbus.config import ChatSettings, NatsSettings, NsqlSettings
 from modelbus.runtime.embedded_nats import nats_server_binary
 from modelbus.runtime.jetstream import (
-    chat_consumer_config,
-    ensure_chat_stream,
     ensure_consumer,
     ensure_events_stream,
-    ensure_nsql_stream,
+    ensure_work_queue,
     model_views,
-    nsql_consumer_config,
+    work_queue_consumer,
 )
 from modelbus.runtime.nats_client import connected
+from modelbus.schemas.chat import CHAT
+from modelbus.schemas.nsql import NSQL
 from modelbus.schemas.subjects import CHAT_STREAM, EVENTS_STREAM, NSQL_STREAM
 
 KV_STREAM = "KV_modelbus_models"
@@ -117,10 +117,10 @@ async def _replicas(js: JetStreamContext, stream: str, consumer: str | None = No
 
 async def _ensure_all(js: JetStreamContext) -> None:
     """What modelbus's processes do at start: every stream, both consumers, the KV bucket."""
-    await ensure_chat_stream(js, ChatSettings(queue_depth=7))
-    await ensure_consumer(js, CHAT_STREAM, chat_consumer_config("qwen2.5-coder", ChatSettings()))
-    await ensure_nsql_stream(js, NsqlSettings(queue_depth=9))
-    await ensure_consumer(js, NSQL_STREAM, nsql_consumer_config(5.0, 5))
+    await ensure_work_queue(js, CHAT, ChatSettings(queue_depth=7))
+    await ensure_consumer(js, CHAT_STREAM, work_queue_consumer(CHAT, "qwen2.5-coder", ChatSettings()))
+    await ensure_work_queue(js, NSQL, NsqlSettings(queue_depth=9))
+    await ensure_consumer(js, NSQL_STREAM, work_queue_consumer(NSQL, "", NsqlSettings()))
     await ensure_events_stream(js)
     await model_views(js)
 

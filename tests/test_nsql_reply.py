@@ -1,15 +1,23 @@
 """An NSQL reply larger than one bus message: split by the worker, put back together by the ingress, whole or
-refused (a part missing, out of order, or never followed by the reply is an error, never a shorter body)."""
+refused (a part missing, out of order, or never followed by the reply is an error, never a shorter body).
+
+The ingress reads replies through the job's Pending, which passes on one worker's replies in order
+(:class:`ReplyOrder`, the rule every job kind shares); the assembler joins them."""
 
 from __future__ import annotations
 
 import anyio
 import msgspec
 import pytest
+from anyio.streams.memory import MemoryObjectReceiveStream
+from nats.aio.client import Client
 
-from modelbus.ingress.nsql_reply import ReplyAssembler, ReplyBroken, ReplyWaiter
+from modelbus.ingress.nsql_reply import Assembled, ReplyAssembler, ReplyReader
 from modelbus.ingress.nsql_stream import data_event
-from modelbus.schemas.nsql import NsqlReply
+from modelbus.runtime.work_queue.client import Pending, WorkQueueClient
+from modelbus.runtime.work_queue.errors import ReplyIncomplete, ReplyLost
+from modelbus.runtime.work_queue.order import ReplyOrder
+from modelbus.schemas.nsql import NSQL, NsqlReply, NsqlReplyMessage
 from modelbus.workers.nsql.reply_parts import reply_messages
 
 MAX_PAYLOAD = 700
@@ -23,18 +31,40 @@ def reply(body: str = BODY, *, worker_id: str = "nsql-a") -> NsqlReply:
     )
 
 
+_decoder: msgspec.json.Decoder[NsqlReplyMessage] = msgspec.json.Decoder(NsqlReplyMessage)
+
+
+class Receiver:
+    """What the ingress does with one request's messages: keep them in order, then join the parts."""
+
+    def __init__(self, max_bytes: int = 1 << 20) -> None:
+        self.order = ReplyOrder(NSQL.commit)
+        self.assembler = ReplyAssembler(max_bytes)
+
+    def feed(self, raw: bytes) -> Assembled | None:
+        message = _decoder.decode(raw)
+        return self.assembler.feed(message) if self.order.accept(message) else None
+
+
 def assemble(messages: list[bytes], max_bytes: int = 1 << 20) -> tuple[NsqlReply, bytes]:
-    assembler = ReplyAssembler(max_bytes)
-    results = [assembler.feed(m) for m in messages]
+    receiver = Receiver(max_bytes)
+    results = [receiver.feed(m) for m in messages]
     done = [r for r in results if r is not None]
     assert len(done) == 1 and results[-1] is done[0]
     return done[0].reply, done[0].body
 
 
-def feed_all(assembler: ReplyAssembler, messages: list[bytes]) -> None:
+def feed_all(receiver: Receiver, messages: list[bytes]) -> None:
     """Feed every message; none may complete the reply."""
     for message in messages:
-        assert assembler.feed(message) is None
+        assert receiver.feed(message) is None
+
+
+def pending(
+    receive: MemoryObjectReceiveStream[bytes], *, keepalive: float = 1.0
+) -> Pending[NsqlReplyMessage]:
+    client = WorkQueueClient(Client(), {})  # never connected: these replies come from the test, not NATS
+    return Pending(client, NSQL, "r1", receive, deadline=float("inf"), keepalive=keepalive)
 
 
 def test_a_reply_that_fits_stays_one_message_of_the_old_shape() -> None:
@@ -65,14 +95,14 @@ def test_a_damaged_sequence_is_refused_not_shortened(damage: str) -> None:
         del messages[-2]
     else:
         messages.insert(4, messages[3])
-    with pytest.raises(ReplyBroken):
-        feed_all(ReplyAssembler(1 << 20), messages)
+    with pytest.raises(ReplyIncomplete):
+        feed_all(Receiver(), messages)
 
 
 def test_a_reply_over_the_limit_is_refused_while_it_arrives() -> None:
     messages = list(reply_messages(reply(), MAX_PAYLOAD))
-    with pytest.raises(ReplyBroken, match="larger than this ingress accepts"):
-        feed_all(ReplyAssembler(max_bytes=len(BODY.encode()) // 2), messages)
+    with pytest.raises(ReplyIncomplete, match="larger than this ingress accepts"):
+        feed_all(Receiver(max_bytes=len(BODY.encode()) // 2), messages)
 
 
 def test_only_one_workers_reply_counts_and_a_fresh_delivery_replaces_an_unfinished_one() -> None:
@@ -92,20 +122,20 @@ async def test_a_reply_that_stops_arriving_is_refused_before_the_deadline() -> N
     async with send, receive:
         for message in messages[:-1]:  # the reply itself never comes
             await send.send(message)
-        waiter = ReplyWaiter(receive, deadline=float("inf"), max_bytes=1 << 20, part_gap=0.1)
-        with anyio.fail_after(30), pytest.raises(ReplyBroken, match="stopped arriving"):
-            await waiter.wait()
+        reader = ReplyReader(pending(receive, keepalive=0.025), max_bytes=1 << 20)
+        with anyio.fail_after(30), pytest.raises(ReplyLost, match="stopped answering"):
+            await reader.wait()
 
 
 async def test_the_waiter_ticks_while_nothing_came_then_answers() -> None:
     send, receive = anyio.create_memory_object_stream[bytes](100)
     async with send, receive:
-        waiter = ReplyWaiter(receive, deadline=float("inf"), max_bytes=1 << 20)
-        assert await waiter.wait(tick=0.01) is None
+        reader = ReplyReader(pending(receive), max_bytes=1 << 20)
+        assert await reader.wait(tick=0.01) is None
         for message in reply_messages(reply(), MAX_PAYLOAD):
             await send.send(message)
         with anyio.fail_after(30):
-            got = await waiter.wait(tick=0.01)
+            got = await reader.wait(tick=0.01)
         assert got is not None and got.body == BODY.encode()
 
 

@@ -14,8 +14,9 @@ from nats.micro import add_service
 from modelbus.cli.probe import ping, worker_host
 from modelbus.config import HeartbeatSettings, NatsSettings
 from modelbus.runtime.embedded_nats import EmbeddedNats
-from modelbus.runtime.worker import ModelState, WorkerRuntime, new_worker_id
+from modelbus.runtime.worker import WorkerRuntime, new_worker_id
 from modelbus.schemas.heartbeat import ModelInfo
+from modelbus.workers.model.state import ModelState
 
 
 @pytest.mark.parametrize(

@@ -144,7 +144,7 @@ def test_every_wire_struct_is_found() -> None:
         "ChatChunk",
         "ChatEnd",
         "ChatResult",
-        "ChatKeepalive",
+        "Keepalive",
         "ChatFailure",
         "Heartbeat",
         "Goodbye",

@@ -21,11 +21,12 @@ from modelbus.registry.table import content
 from modelbus.runtime.embedded_nats import EmbeddedNats
 from modelbus.runtime.jetstream import ensure_events_stream, model_views
 from modelbus.runtime.nats_client import connected
-from modelbus.runtime.worker import ModelState, WorkerRuntime
+from modelbus.runtime.worker import WorkerRuntime
 from modelbus.schemas.heartbeat import Heartbeat, ModelInfo
 from modelbus.schemas.status import ErrorCategory, ErrorInfo, ErrorType, ModelStatus
 from modelbus.schemas.subjects import encode_token, event_subject, heartbeat_subject
 from modelbus.schemas.views import ModelStatusEvent, ModelView
+from modelbus.workers.model.state import ModelState
 
 MODEL = "qwen2.5-coder"
 KEY = encode_token(MODEL)

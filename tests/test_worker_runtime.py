@@ -9,10 +9,11 @@ import msgspec
 from nats.aio.client import Client
 
 from modelbus.config import HeartbeatSettings
-from modelbus.runtime.worker import ModelState, WorkerRuntime
+from modelbus.runtime.worker import WorkerRuntime
 from modelbus.schemas.heartbeat import Goodbye, Heartbeat, ModelInfo, worker_report_decoder
 from modelbus.schemas.status import ErrorCategory, ErrorInfo, ErrorType, ModelStatus
 from modelbus.schemas.subjects import HEARTBEAT_WILDCARD, heartbeat_subject
+from modelbus.workers.model.state import ModelState
 
 
 async def test_heartbeats_discovery_and_goodbye(nc: Client) -> None:

@@ -14,6 +14,7 @@ from modelbus.config.model import (
     ModelParams,
     NatsSettings,
     NsqlSettings,
+    QueueSettings,
     RuntimeSettings,
 )
 
@@ -31,6 +32,7 @@ __all__ = (
     "ModelParams",
     "NatsSettings",
     "NsqlSettings",
+    "QueueSettings",
     "RuntimeSettings",
     "load_config",
     "parse_config",

@@ -24,6 +24,7 @@ __all__ = (
     "ModelParams",
     "NatsSettings",
     "NsqlSettings",
+    "QueueSettings",
     "RuntimeSettings",
 )
 
@@ -73,15 +74,20 @@ class HeartbeatSettings(_Section, frozen=True):
         return self.interval * self.ttl_intervals
 
 
-class ChatSettings(_Section, frozen=True):
-    """How chat requests travel: bounded per-model work queues, deadlines, redelivery."""
+class QueueSettings(_Section, frozen=True):
+    """How the jobs of one kind travel: a bounded work queue, deadlines, redelivery, keep-alives."""
 
-    queue_depth: PositiveInt = 256  # queued + running requests per model; beyond it: 429
-    request_timeout: Seconds = 300.0  # the deadline of a request, queued time included
+    queue_depth: PositiveInt = 256  # queued + running jobs per queue; beyond it: 429
+    request_timeout: Seconds = 300.0  # the deadline of a job, queued time included
     ack_wait: Seconds = 5.0  # a worker that stops confirming progress this long is presumed dead
-    max_deliver: PositiveInt = 5
-    keepalive: Seconds = 1.0  # how often a busy worker says it is alive to the ingress
+    max_deliver: PositiveInt = 5  # deliveries of one job (a worker that dies hands it to another)
+    keepalive: Seconds = 1.0  # how often a busy worker says it is alive to the client
     retry_after: PositiveInt = 1  # the Retry-After a 429 carries
+
+
+class ChatSettings(QueueSettings, frozen=True):
+    """Chat requests: one bounded work queue per model."""
+
     # a request waiting in the queue (no worker holds it) whose model has been `error` this long gets the 503
     # a new request would get; `loading` (a worker restarting) is waited for until the deadline
     error_grace: Annotated[float, msgspec.Meta(ge=0)] = 5.0
@@ -113,15 +119,13 @@ class ClickHouseSettings(_Section, frozen=True):
         return self.url == "embedded"
 
 
-class NsqlSettings(_Section, frozen=True):
-    """Text-to-SQL: attempts per request and how much context goes into the prompt."""
+class NsqlSettings(QueueSettings, frozen=True):
+    """Text-to-SQL: its work queue, attempts per request and how much context goes into the prompt."""
 
+    request_timeout: Seconds = 120.0
     model: str | None = None  # the default model for /v1/nsql (else the one model with datasets)
     max_attempts: PositiveInt = 3
     capacity: PositiveInt = 4  # requests one NSQL worker runs at once
-    queue_depth: PositiveInt = 256
-    request_timeout: Seconds = 120.0
-    max_deliver: PositiveInt = 5  # deliveries of one question (a worker that dies hands it to another)
     max_context_datasets: PositiveInt = 4
     # example rows in the prompt (with sample_data_enabled): 0 by default, because whole rows lead the small
     # default model to order single rows instead of aggregating (measured on the seed's question); the

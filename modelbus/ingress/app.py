@@ -1,6 +1,6 @@
 """The Litestar application of the ingress: routes, error shape, auth, request logging and limits.
 
-``create_app`` takes every collaborator explicitly (the view store and the bus client) and reads
+``create_app`` takes every collaborator explicitly (the view store and the work-queue client) and reads
 nothing from the environment. The app's ASGI handler is wrapped so that metrics, request logging, then
 API-key auth run in front of routing: every response, a 404 for an unknown route included, carries
 ``x-request-id`` and is counted in ``GET /metrics`` (the metrics live in a registry of this app's own).
@@ -24,27 +24,27 @@ from modelbus.ingress.metrics import IngressMetrics, QueueDepths, RequestMetrics
 from modelbus.ingress.openapi import API_KEY_SECURITY, openapi_config
 from modelbus.ingress.view_store import ModelViewStore
 from modelbus.runtime.tasks.recorder import TaskRecorder
-from modelbus.runtime.work_queue.client import ChatDispatcher
+from modelbus.runtime.work_queue.client import WorkQueueClient
 
 __all__ = ("create_app",)
 
 
 def create_app(
-    config: Config, views: ModelViewStore, chat: ChatDispatcher, recorder: TaskRecorder | None = None
+    config: Config, views: ModelViewStore, client: WorkQueueClient, recorder: TaskRecorder | None = None
 ) -> Litestar:
     """``recorder`` records each chat and NSQL request in the task history (default: as configured)."""
-    recorder = recorder or TaskRecorder(chat.nc, config.runtime.history, component="ingress")
+    recorder = recorder or TaskRecorder(client.nc, config.runtime.history, component="ingress")
     api_keys = config.runtime.auth.api_keys
     security = API_KEY_SECURITY if api_keys else None
-    depths = QueueDepths(chat.nc.jetstream(), views, config.runtime.chat, config.runtime.nsql)
+    depths = QueueDepths(client.nc.jetstream(), views)
     metrics = IngressMetrics(views, depths)
     app = Litestar(
         route_handlers=[
             health_router(views),
             models_router(views, security=security),
             events_router(views, security=security),
-            chat_router(views, chat, recorder, security=security),
-            nsql_router(config, views, chat, recorder, security=security),
+            chat_router(views, client, config.runtime.chat, recorder, security=security),
+            nsql_router(config, views, client, recorder, security=security),
             metrics_router(metrics),
         ],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -1,6 +1,7 @@
 """The one place that turns errors into OpenAI's error shape ``{"error": {message, type, code, param}}``.
 
-Every 4xx and 5xx the ingress sends goes through here: errors raised on purpose (:class:`ApiError`),
+Every 4xx and 5xx the ingress sends goes through here: errors raised on purpose (:class:`ApiError`), the
+bus's failures (:class:`~modelbus.runtime.work_queue.errors.BusFailure`, each with its own status and code),
 Litestar's own (validation, 404 for unknown routes, 405, 413 for oversized bodies) and unexpected exceptions,
 which become a 500 whose body says nothing about the internals.
 """
@@ -24,6 +25,7 @@ from litestar.exceptions import (
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
+from modelbus.runtime.work_queue.errors import BusFailure
 from modelbus.schemas.views import ModelView
 
 __all__ = (
@@ -31,6 +33,7 @@ __all__ = (
     "ApiError",
     "ErrorBody",
     "ErrorDetail",
+    "bus_failure_error",
     "error_body",
     "error_spec",
     "model_not_ready",
@@ -142,6 +145,16 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
     return _respond(status, body, exc.headers)
 
 
+def bus_failure_error(exc: BusFailure) -> ApiError:
+    """A bus failure as the error a client gets: its status, code and message, and when to retry."""
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return ApiError(exc.status, exc.message, code=exc.code, headers=headers)
+
+
+def handle_bus_failure(request: Request[Any, Any, Any], exc: BusFailure) -> Response[ErrorBody]:
+    return handle_http_exception(request, bus_failure_error(exc))
+
+
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     # No exc_info: structured tracebacks render frame locals, and the ASGI scope (with its headers) is one.
     log.error(
@@ -157,6 +170,7 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
 
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     HTTPException: handle_http_exception,
+    BusFailure: handle_bus_failure,
     Exception: handle_unexpected,
 }
 

@@ -48,10 +48,9 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from modelbus.config import ChatSettings, NsqlSettings
 from modelbus.ingress.view_store import ModelViewStore
-from modelbus.runtime.jetstream import chat_consumer_config, nsql_consumer_config
-from modelbus.schemas.subjects import CHAT_STREAM, NSQL_STREAM
+from modelbus.schemas.chat import CHAT
+from modelbus.schemas.nsql import NSQL
 
 __all__ = ("MEDIA_TYPE", "IngressMetrics", "QueueDepths", "RequestMetrics")
 
@@ -200,16 +199,13 @@ class QueueDepths(Collector):
         self,
         js: JetStreamContext,
         views: ModelViewStore,
-        chat: ChatSettings,
-        nsql: NsqlSettings,
         *,
         timeout: float = 1.0,
         max_age: float = 1.0,
     ) -> None:
         self._js = js
         self._views = views
-        self._chat = chat
-        self._nsql_consumer = str(nsql_consumer_config(chat.ack_wait, nsql.max_deliver).durable_name)
+        self._nsql_consumer = NSQL.durable("")
         self._timeout = timeout
         self._max_age = max_age
         self._consumers: dict[str, str] = {}  # model → its chat consumer's name
@@ -221,14 +217,14 @@ class QueueDepths(Collector):
     def _chat_consumer(self, model: str) -> str:
         name = self._consumers.get(model)
         if name is None:
-            name = self._consumers[model] = str(chat_consumer_config(model, self._chat).durable_name)
+            name = self._consumers[model] = CHAT.durable(model)
         return name
 
     def _targets(self) -> list[tuple[str, str, str, str]]:
         """(queue, model, stream, consumer) for every queue to ask about."""
-        targets = [("nsql", "", NSQL_STREAM, self._nsql_consumer)]
+        targets = [(NSQL.name, "", NSQL.stream, self._nsql_consumer)]
         for view in self._views.views():
-            targets.append(("chat", view.id, CHAT_STREAM, self._chat_consumer(view.id)))
+            targets.append((CHAT.name, view.id, CHAT.stream, self._chat_consumer(view.id)))
         return targets
 
     async def refresh(self) -> None:

@@ -11,23 +11,16 @@ from __future__ import annotations
 
 import time
 
+from modelbus.ingress.errors import model_not_ready
 from modelbus.ingress.view_store import ModelViewStore
 from modelbus.runtime.work_queue.client import GiveUp
 from modelbus.schemas.status import ModelStatus
-from modelbus.schemas.views import ModelView
 
-__all__ = ("ModelFailed", "give_up_when_failed")
-
-
-class ModelFailed(Exception):
-    """The model turned ``error`` (or left the registry) while the request waited."""
-
-    def __init__(self, view: ModelView | None) -> None:
-        super().__init__("the model has no ready worker")
-        self.view = view
+__all__ = ("give_up_when_failed",)
 
 
 def give_up_when_failed(views: ModelViewStore, model: str, *, grace: float) -> GiveUp:
+    """What a request for ``model`` asks while it waits: the 503 ``model_not_ready`` to answer instead."""
     failing_since: float | None = None
 
     def check() -> BaseException | None:
@@ -38,6 +31,6 @@ def give_up_when_failed(views: ModelViewStore, model: str, *, grace: float) -> G
             return None
         now = time.monotonic()
         failing_since = now if failing_since is None else failing_since
-        return ModelFailed(view) if now - failing_since >= grace else None
+        return model_not_ready(model, view) if now - failing_since >= grace else None
 
     return check

@@ -18,10 +18,10 @@ import anyio
 import msgspec
 import structlog
 
-from modelbus.ingress.errors import ApiError, error_body
-from modelbus.ingress.nsql_reply import ReplyBroken, ReplyWaiter, failure_of
+from modelbus.ingress.errors import ApiError, bus_failure_error, error_body
+from modelbus.ingress.nsql_reply import ReplyReader, failure_of
 from modelbus.ingress.request_task import RequestTask
-from modelbus.runtime.work_queue.client import ChatDispatcher
+from modelbus.runtime.work_queue.errors import BusFailure
 
 __all__ = ("EVENT_STREAM", "KEEPALIVE", "SSE_HEADERS", "data_event", "error_event", "nsql_events")
 
@@ -43,29 +43,17 @@ def error_event(error: ApiError) -> bytes:
     return b"event: error\ndata: " + _encoder.encode(body) + b"\n\n"
 
 
-async def nsql_events(
-    waiter: ReplyWaiter,
-    *,
-    keepalive: float,
-    dispatcher: ChatDispatcher,
-    request_id: str,
-    task: RequestTask,
-) -> AsyncIterator[bytes]:
-    """The stream's bytes; it owns the request from here: it forgets the route, cancels the work unless the
-    answer came, and finishes the task's span with the outcome the client saw."""
+async def nsql_events(reader: ReplyReader, *, keepalive: float, task: RequestTask) -> AsyncIterator[bytes]:
+    """The stream's bytes; it owns the request from here: it closes it (cancelling the work unless the
+    answer came), and finishes the task's span with the outcome the client saw."""
     complete = False
     error: ApiError | None = None
     try:
         while True:
             try:
-                got = await waiter.wait(keepalive)
-            except TimeoutError:
-                error = ApiError(504, "The question was not answered in time", code="timeout")
-            except ReplyBroken as exc:
-                log.warning("nsql.reply_incomplete", error=str(exc))
-                error = ApiError(
-                    502, f"The NSQL worker's reply was incomplete: {exc}", code="reply_incomplete"
-                )
+                got = await reader.wait(keepalive)
+            except BusFailure as exc:
+                error = bus_failure_error(exc)
             else:
                 if got is None:
                     yield KEEPALIVE
@@ -80,9 +68,7 @@ async def nsql_events(
             return
     finally:
         with anyio.CancelScope(shield=True):
-            dispatcher.forget(request_id)
-            if not complete:
-                await dispatcher.cancel(request_id)
+            await reader.pending.close(cancel=not complete)
             if error is not None:
                 await task.finish(error.status_code, error_code=error.code, error_message=error.detail)
             elif complete:

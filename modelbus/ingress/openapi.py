@@ -17,6 +17,8 @@ from litestar.openapi.spec import (
 )
 from litestar.openapi.spec.security_requirement import SecurityRequirement
 
+from modelbus.runtime.version import package_version
+
 __all__ = ("API_KEY_SECURITY", "openapi_config", "operation_with_content")
 
 API_KEY_SECURITY: list[SecurityRequirement] = [{"ApiKey": []}, {"Bearer": []}]
@@ -26,10 +28,10 @@ _SCHEMES = {
 }
 
 
-def openapi_config(*, auth: bool, version: str = "0.1.0") -> OpenAPIConfig:
+def openapi_config(*, auth: bool, version: str | None = None) -> OpenAPIConfig:
     return OpenAPIConfig(
         title="modelbus",
-        version=version,
+        version=version or package_version(),
         description="Spice AI's LLM HTTP API, served by NATS workers.",
         components=Components(security_schemes=dict(_SCHEMES)) if auth else Components(),
     )

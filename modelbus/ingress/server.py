@@ -13,6 +13,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from types import TracebackType
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -20,12 +21,14 @@ import structlog
 import uvicorn
 from nats.aio.client import Client
 
-from modelbus.config import Config
+from modelbus.config import Config, QueueSettings
 from modelbus.ingress.app import create_app
 from modelbus.ingress.view_store import ModelViewStore
-from modelbus.runtime.jetstream import ensure_nsql_stream
 from modelbus.runtime.tasks.recorder import TaskRecorder
-from modelbus.runtime.work_queue.client import ChatDispatcher
+from modelbus.runtime.work_queue.client import WorkQueueClient
+from modelbus.schemas.chat import CHAT
+from modelbus.schemas.jobs import JobKind
+from modelbus.schemas.nsql import NSQL
 
 __all__ = ("IngressServer",)
 
@@ -105,15 +108,16 @@ class IngressServer:
             self._port = int(sock.getsockname()[1])
             views = ModelViewStore(self._nc, expect_models=bool(self._config.models))
             self._views = await stack.enter_async_context(views)
-            self._chat = await stack.enter_async_context(ChatDispatcher(self._nc, self._config.runtime.chat))
-            await ensure_nsql_stream(self._nc.jetstream(), self._config.runtime.nsql)
+            runtime = self._config.runtime
+            queues: dict[JobKind[Any, Any], QueueSettings] = {CHAT: runtime.chat, NSQL: runtime.nsql}
+            self._client = await stack.enter_async_context(WorkQueueClient(self._nc, queues))
             recorder = TaskRecorder(
-                self._nc, self._config.runtime.history, component="ingress", worker_id=self._chat.ingress_id
+                self._nc, runtime.history, component="ingress", worker_id=self._client.client_id
             )
             await recorder.prepare()
             self._server = _EmbeddedUvicorn(
                 uvicorn.Config(
-                    create_app(self._config, self._views, self._chat, recorder),
+                    create_app(self._config, self._views, self._client, recorder),
                     host=self._host,
                     port=self._port,
                     http="httptools",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import structlog
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -17,31 +19,24 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
-from modelbus.config import ChatSettings, HistorySettings, NsqlSettings
+from modelbus.config import HistorySettings, QueueSettings
+from modelbus.schemas.jobs import JobKind
 from modelbus.schemas.subjects import (
-    CHAT_STREAM,
     EVENTS_STREAM,
     MODEL_VIEWS_BUCKET,
-    NSQL_STREAM,
-    NSQL_SUBJECT,
-    PREFIX,
     TASKS_STREAM,
     TASKS_WILDCARD,
-    chat_subject,
-    encode_token,
     events_wildcard,
 )
 
 __all__ = (
-    "chat_consumer_config",
-    "ensure_chat_stream",
     "ensure_consumer",
     "ensure_events_stream",
-    "ensure_nsql_stream",
     "ensure_tasks_stream",
+    "ensure_work_queue",
     "history_consumer_config",
     "model_views",
-    "nsql_consumer_config",
+    "work_queue_consumer",
 )
 
 log = structlog.get_logger(__name__)
@@ -133,39 +128,25 @@ async def model_views(js: JetStreamContext) -> KeyValue:
         )
 
 
-async def ensure_chat_stream(js: JetStreamContext, settings: ChatSettings) -> None:
-    """The work queues behind ``modelbus.v1.chat.<model>``, bounded per model."""
+async def ensure_work_queue(js: JetStreamContext, kind: JobKind[Any, Any], settings: QueueSettings) -> None:
+    """The work queue of a kind of job (chat: ``modelbus.v1.chat.<model>``, one bound per model)."""
     await _add_or_update(
         js,
-        _work_queue(CHAT_STREAM, f"{PREFIX}.chat.*", depth=settings.queue_depth,
+        _work_queue(kind.stream, kind.wildcard, depth=settings.queue_depth,
                     request_timeout=settings.request_timeout),
     )  # fmt: skip
 
 
-def chat_consumer_config(model: str, settings: ChatSettings) -> ConsumerConfig:
+def work_queue_consumer(kind: JobKind[Any, Any], queue: str, settings: QueueSettings) -> ConsumerConfig:
+    """The durable consumer every worker of one queue shares."""
     return _pull_consumer(
-        f"chat-{encode_token(model)}", chat_subject(model), ack_wait=settings.ack_wait,
-        max_deliver=settings.max_deliver,
-    )  # fmt: skip
+        kind.durable(queue), kind.subject(queue), ack_wait=settings.ack_wait, max_deliver=settings.max_deliver
+    )
 
 
 async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
     """Create the durable consumer, or bring its settings up to date (idempotent)."""
     await js.add_consumer(stream, config)
-
-
-async def ensure_nsql_stream(js: JetStreamContext, settings: NsqlSettings) -> None:
-    """The work queue behind ``modelbus.v1.nsql``, bounded like the chat queues."""
-    await _add_or_update(
-        js,
-        _work_queue(
-            NSQL_STREAM, NSQL_SUBJECT, depth=settings.queue_depth, request_timeout=settings.request_timeout
-        ),
-    )
-
-
-def nsql_consumer_config(ack_wait: float, max_deliver: int) -> ConsumerConfig:
-    return _pull_consumer("nsql", NSQL_SUBJECT, ack_wait=ack_wait, max_deliver=max_deliver)
 
 
 async def ensure_tasks_stream(js: JetStreamContext, settings: HistorySettings) -> None:

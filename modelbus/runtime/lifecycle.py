@@ -16,7 +16,7 @@ from nats.micro import add_service
 
 from modelbus.config import Config
 from modelbus.runtime.nats_client import connected
-from modelbus.runtime.worker import VERSION
+from modelbus.runtime.version import package_version
 
 __all__ = ("run_service", "wait_for_signal")
 
@@ -55,7 +55,7 @@ async def run_service(
     async with connected(config.runtime.nats, nats_url, name=name) as nc, factory(nc):
         if discoverable:
             service = await add_service(
-                nc, name=f"modelbus-{name}", version=VERSION, description=f"modelbus {name}",
+                nc, name=f"modelbus-{name}", version=package_version(), description=f"modelbus {name}",
                 metadata={"pid": str(os.getpid())},
             )  # fmt: skip
         log.info("service.ready", service=name)

@@ -1,8 +1,9 @@
 """What every worker shares: discoverability (``$SRV.PING/INFO/STATS``), heartbeats, and a goodbye.
 
-A worker owns one :class:`ModelState` per model it hosts and changes it as the model loads, fails or
-recovers; :class:`WorkerRuntime` publishes a heartbeat for every model each interval, and at once after a
-change, and a :class:`~modelbus.schemas.heartbeat.Goodbye` for each on exit.
+A worker owns one :class:`HostedModel` per model it hosts (the model worker's ``ModelState``) and changes
+it as the model loads, fails or recovers; :class:`WorkerRuntime` publishes a heartbeat for every model
+each interval, and at once after a change, and a :class:`~modelbus.schemas.heartbeat.Goodbye` for each
+on exit.
 
 ``$SRV.STATS`` answers, in each endpoint's ``data``, ``{"worker_id", "models": {model: counters}}`` plus
 whatever the worker's ``extra_stats`` adds (the NSQL worker's ``nsql`` counters). A model's counters:
@@ -20,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import msgspec
@@ -32,14 +33,14 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointStats, Service
 
 from modelbus.config import HeartbeatSettings
+from modelbus.runtime.version import package_version
 from modelbus.schemas.heartbeat import Goodbye, Heartbeat, ModelInfo
 from modelbus.schemas.status import ErrorInfo, ModelStatus
 from modelbus.schemas.subjects import PREFIX, encode_token, heartbeat_subject
 
-__all__ = ("ModelState", "WorkerRuntime", "new_worker_id")
+__all__ = ("HostedModel", "WorkerRuntime", "new_worker_id")
 
 log = structlog.get_logger(__name__)
-VERSION = "0.1.0"
 _encoder = msgspec.json.Encoder()
 
 
@@ -47,55 +48,24 @@ def new_worker_id(kind: str) -> str:
     return f"{kind}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-class ModelState:
-    """The live state of one hosted model. Setting a status wakes the heartbeat at once."""
+class HostedModel(Protocol):
+    """What a worker reports of one model it hosts (the model worker's ``ModelState``)."""
 
-    def __init__(self, model: str, info: ModelInfo, *, capacity: int) -> None:
-        self.model = model
-        self.info = info
-        self.capacity = capacity
-        self.status = ModelStatus.LOADING
-        self.error: ErrorInfo | None = None
-        self.error_message: str | None = None
-        self.in_flight = 0
-        self.requests = 0
-        self.failures = 0
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.busy_seconds = 0.0
-        self._on_change: Callable[[], None] = lambda: None
+    model: str
+    info: ModelInfo
+    status: ModelStatus
+    error: ErrorInfo | None
+    error_message: str | None
+    capacity: int
+    in_flight: int
 
-    def count_answered(
-        self, seconds: float, prompt_tokens: int | None, completion_tokens: int | None
-    ) -> None:
-        """A request this worker took has ended, after ``seconds``, with this usage (None: not reported)."""
-        self.busy_seconds += seconds
-        if prompt_tokens:
-            self.prompt_tokens += prompt_tokens
-        if completion_tokens:
-            self.completion_tokens += completion_tokens
+    def counters(self) -> dict[str, Any]:
+        """The model's counters in ``$SRV.STATS`` (see the module docstring)."""
+        ...
 
-    def set_ready(self) -> None:
-        self._set(ModelStatus.READY, None, None)
-
-    def set_loading(self) -> None:
-        self._set(ModelStatus.LOADING, None, None)
-
-    def set_error(self, error: ErrorInfo, message: str) -> None:
-        self._set(ModelStatus.ERROR, error, message)
-
-    def _set(self, status: ModelStatus, error: ErrorInfo | None, message: str | None) -> None:
-        changed = (status, error, message) != (self.status, self.error, self.error_message)
-        self.status, self.error, self.error_message = status, error, message
-        if changed:
-            log.info(
-                "model.status",
-                model=self.model,
-                status=status.value,
-                error_code=error.code if error else None,
-                error_message=message,
-            )
-            self._on_change()
+    def watch(self, on_change: Callable[[], None]) -> None:
+        """Call ``on_change`` whenever the status changes (the heartbeat then goes out at once)."""
+        ...
 
 
 class WorkerRuntime:
@@ -106,7 +76,7 @@ class WorkerRuntime:
         nc: Client,
         *,
         kind: str,
-        models: Sequence[ModelState],
+        models: Sequence[HostedModel],
         heartbeat: HeartbeatSettings,
         worker_id: str | None = None,
         description: str = "",
@@ -126,7 +96,7 @@ class WorkerRuntime:
         self._said_goodbye = False
         self._beat_scope = anyio.CancelScope()
         for state in self.models:
-            state._on_change = self.changed
+            state.watch(self.changed)
 
     def changed(self) -> None:
         """Send a heartbeat now rather than at the next tick."""
@@ -146,7 +116,7 @@ class WorkerRuntime:
                 error_message=s.error_message,
                 capacity=s.capacity,
                 in_flight=s.in_flight,
-                version=VERSION,
+                version=package_version(),
                 interval_s=self._settings.interval,
                 seq=self._seq,
                 sent_at=now,
@@ -160,26 +130,14 @@ class WorkerRuntime:
         return {
             **extra,
             "worker_id": self.worker_id,
-            "models": {
-                s.model: {
-                    "status": s.status.value,
-                    "capacity": s.capacity,
-                    "in_flight": s.in_flight,
-                    "requests": s.requests,
-                    "failures": s.failures,
-                    "prompt_tokens": s.prompt_tokens,
-                    "completion_tokens": s.completion_tokens,
-                    "busy_seconds": round(s.busy_seconds, 6),
-                }
-                for s in self.models
-            },
+            "models": {s.model: s.counters() for s in self.models},
         }
 
     async def __aenter__(self) -> WorkerRuntime:
         self._service = await add_service(
             self.nc,
             name=f"modelbus-{self.kind}-worker",
-            version=VERSION,
+            version=package_version(),
             description=self._description or f"modelbus {self.kind} worker",
             metadata={"worker_id": self.worker_id, "models": ",".join(s.model for s in self.models)},
             stats_handler=self._endpoint_stats,

@@ -9,13 +9,13 @@ vnd envelope, selects it too.
 
 A reply whose message would exceed the server's ``max_payload`` travels as several messages on the reply
 subject: :class:`NsqlReplyPart` ``seq`` 0, 1, ... carrying the body's bytes in order, then the
-:class:`NsqlReply` itself with ``parts`` set and an empty ``body``. Several core messages were chosen over the
-JetStream object store because they need nothing to create, clean up or lose: the parts are gone with the
-request (a deleted or half-written object cannot outlive it), the worker acknowledges the request only after
-the last one is sent, and the receiver proves completeness itself (``seq`` in order, then the announced
-count), so a lost or reordered part is detected, never delivered as a shorter body. The reply comes last so
-that a receiver that only knows single-message replies fails to decode the first part instead of answering
-with an empty body.
+:class:`NsqlReply` itself with an empty ``body``, its ``seq`` the number of parts. Several core messages
+were chosen over the JetStream object store because they need nothing to create, clean up or lose: the parts
+are gone with the request (a deleted or half-written object cannot outlive it), the worker acknowledges the
+request only after the last one is sent (:attr:`~modelbus.schemas.jobs.CommitPoint.RESULT`), and the
+receiver proves completeness itself (``seq`` in order, as for every job), so a lost or reordered part is
+detected, never delivered as a shorter body. The reply comes last so that a receiver that only knows
+single-message replies fails to decode the first part instead of answering with an empty body.
 """
 
 from __future__ import annotations
@@ -25,7 +25,11 @@ from typing import Annotated
 
 import msgspec
 
+from modelbus.schemas.jobs import CommitPoint, JobKind, JobReply, JobRequest
+from modelbus.schemas.subjects import NSQL_STREAM, NSQL_SUBJECT
+
 __all__ = (
+    "NSQL",
     "NsqlDatasetStatus",
     "NsqlQuery",
     "NsqlReady",
@@ -77,25 +81,20 @@ def negotiate(accept: str | None) -> ResponseFormat:
     return ResponseFormat.JSON
 
 
-class NsqlRequest(
-    msgspec.Struct, frozen=True, kw_only=True, tag="modelbus.v1.nsql_request", tag_field="type"
-):
-    request_id: str
+class NsqlRequest(JobRequest, frozen=True, kw_only=True, tag="modelbus.v1.nsql_request"):
     query: str
     model: str  # resolved by the ingress (the request's, or the default)
     datasets: tuple[str, ...]  # resolved by the ingress (the request's, or the model's)
     sample_data_enabled: bool = False
     format: ResponseFormat = ResponseFormat.JSON
-    reply_to: str
-    deadline: float  # unix seconds
-    traceparent: str | None = None
 
 
-class NsqlReply(msgspec.Struct, frozen=True, kw_only=True, tag="modelbus.v1.nsql_reply", tag_field="type"):
-    """The whole answer: a rendered body on success, or an OpenAI-shaped error with its HTTP status."""
+class NsqlReply(JobReply, frozen=True, kw_only=True, tag="modelbus.v1.nsql_reply"):
+    """The whole answer: a rendered body on success, or an OpenAI-shaped error with its HTTP status.
 
-    request_id: str
-    worker_id: str
+    ``seq`` > 0: the body came before it as that many :class:`NsqlReplyPart` (and ``body`` is "").
+    """
+
     status: int
     content_type: str = "application/json"
     body: str = ""
@@ -103,22 +102,49 @@ class NsqlReply(msgspec.Struct, frozen=True, kw_only=True, tag="modelbus.v1.nsql
     error_message: str | None = None
     error_code: str | None = None
     attempts: int = 0
-    parts: int = 0  # >0: the body came before this message as that many NsqlReplyPart (and ``body`` is "")
+
+    @property
+    def parts(self) -> int:
+        """How many parts carried the body before this message (0: the body is in it)."""
+        return self.seq
 
 
-class NsqlReplyPart(
-    msgspec.Struct, frozen=True, kw_only=True, tag="modelbus.v1.nsql_reply_part", tag_field="type"
-):
-    """One piece of a body too large for one message (base64 in JSON, so any split of the UTF-8 is safe)."""
+class NsqlReplyPart(JobReply, frozen=True, kw_only=True, tag="modelbus.v1.nsql_reply_part"):
+    """One piece of a body too large for one message (base64 in JSON, so any split of the UTF-8 is safe);
+    ``seq`` 0, 1, ... is the order the pieces join in."""
 
-    request_id: str
-    worker_id: str
-    seq: int  # 0, 1, ...: the order the pieces join in
     data: bytes
 
 
 NsqlReplyMessage = NsqlReply | NsqlReplyPart
 """What arrives on an NSQL request's reply subject."""
+
+
+def _failure(
+    *, request_id: str, worker_id: str, seq: int, status: int, message: str, code: str | None,
+    error_type: str, param: str | None,
+) -> NsqlReply:  # fmt: skip
+    del error_type, param  # an NSQL error carries its status and code; the ingress derives the rest
+    return NsqlReply(
+        request_id=request_id, worker_id=worker_id, seq=seq, status=status, error_message=message,
+        error_code=code,
+    )  # fmt: skip
+
+
+NSQL: JobKind[NsqlRequest, NsqlReplyMessage] = JobKind(
+    name="nsql",
+    stream=NSQL_STREAM,
+    wildcard=NSQL_SUBJECT,
+    subject=lambda _queue: NSQL_SUBJECT,
+    durable=lambda _queue: "nsql",
+    request=NsqlRequest,
+    replies=NsqlReplyMessage,
+    commit=CommitPoint.RESULT,
+    failure=_failure,
+    worker="NSQL worker",
+    label=lambda _queue: "NSQL",
+    task="text_to_sql",
+)
 
 
 class NsqlQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

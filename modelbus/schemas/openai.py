@@ -1,7 +1,9 @@
-"""The OpenAI chat completions request, as far as modelbus validates it.
+"""OpenAI's chat completions: the request as modelbus validates it, and the answer as far as it reads it.
 
 Clients send OpenAI's request format; modelbus checks the fields it relies on (and their types) and passes
-the JSON through untouched, so fields added by OpenAI later still reach providers that know them.
+the JSON through untouched, so fields added by OpenAI later still reach providers that know them. Answers
+pass through untouched too; :class:`ChatCompletion` and :class:`ChatCompletionChunk` read the text and the
+usage out of them (for the task history, the metrics, and the NSQL worker's SQL).
 """
 
 from __future__ import annotations
@@ -10,7 +12,15 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-__all__ = ("ChatCompletionRequest", "ChatMessage", "StreamOptions", "error_body")
+__all__ = (
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "StreamOptions",
+    "Usage",
+    "error_body",
+)
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
@@ -45,6 +55,51 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
     response_format: dict[str, Any] | None = None
     presence_penalty: Annotated[float, msgspec.Meta(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, msgspec.Meta(ge=-2, le=2)] | None = None
+
+
+class Usage(msgspec.Struct, frozen=True):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class _AnswerMessage(msgspec.Struct):
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    message: _AnswerMessage | None = None
+
+
+class ChatCompletion(msgspec.Struct):
+    """A ``chat.completion`` object, read for its first choice's text and its usage."""
+
+    choices: list[_Choice] = []
+    usage: Usage | None = None
+
+    @property
+    def text(self) -> str:
+        message = self.choices[0].message if self.choices else None
+        return (message.content or "") if message else ""
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+
+
+class _ChunkChoice(msgspec.Struct):
+    delta: _Delta | None = None
+
+
+class ChatCompletionChunk(msgspec.Struct):
+    """A ``chat.completion.chunk`` object, read for the text it adds and its usage (the last chunk's)."""
+
+    choices: list[_ChunkChoice] = []
+    usage: Usage | None = None
+
+    @property
+    def text(self) -> str:
+        delta = self.choices[0].delta if self.choices else None
+        return (delta.content or "") if delta else ""
 
 
 def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:

@@ -24,20 +24,15 @@ from litestar.response import Stream
 from modelbus.config import ChatSettings
 from modelbus.ingress.disconnect import unless_disconnected
 from modelbus.ingress.errors import ApiError, error_body, error_spec, model_not_ready
-from modelbus.ingress.model_watch import ModelFailed, give_up_when_failed
+from modelbus.ingress.model_watch import give_up_when_failed
 from modelbus.ingress.openapi import operation_with_content, sse_media_type
 from modelbus.ingress.request_task import RequestTask
 from modelbus.ingress.view_store import ModelViewStore
 from modelbus.runtime.tasks.recorder import TaskRecorder
-from modelbus.runtime.tasks.summaries import chat_input, completion_output, stream_piece
-from modelbus.runtime.work_queue.client import (
-    BusUnavailable,
-    ChatDispatcher,
-    PendingChat,
-    QueueFull,
-    ReplyLost,
-)
-from modelbus.schemas.chat import ChatChunk, ChatEnd, ChatFailure, ChatReply, ChatResult
+from modelbus.runtime.tasks.summaries import chat_input
+from modelbus.runtime.work_queue.client import Pending, WorkQueueClient
+from modelbus.runtime.work_queue.errors import BusFailure, ReplyLost
+from modelbus.schemas.chat import CHAT, ChatChunk, ChatEnd, ChatFailure, ChatReply, ChatRequest, ChatResult
 from modelbus.schemas.openai import ChatCompletionRequest
 from modelbus.schemas.status import ModelStatus
 
@@ -104,38 +99,7 @@ def _check_model(views: ModelViewStore, model: str) -> None:
         raise model_not_ready(model, view)
 
 
-def _bus_error(exc: Exception, model: str, settings: ChatSettings) -> ApiError:
-    if isinstance(exc, QueueFull):
-        return ApiError(
-            429,
-            f"The queue of model `{model}` is full; retry later",
-            code="queue_full",
-            headers={"Retry-After": str(settings.retry_after)},
-        )
-    if isinstance(exc, TimeoutError):
-        return ApiError(504, "The request timed out before a worker answered", code="timeout")
-    if isinstance(exc, ReplyLost):
-        return ApiError(502, f"The worker answering stopped: {exc}", code="worker_lost")
-    if isinstance(exc, ModelFailed):
-        return model_not_ready(model, exc.view)
-    return ApiError(
-        503,
-        "The message bus is unavailable; retry shortly",
-        code="bus_unavailable",
-        headers={"Retry-After": "1"},
-    )
-
-
-def _observe(task: RequestTask, items: list[bytes]) -> None:
-    """Collect what the history and metrics keep of a stream: its text (as far as kept) and usage."""
-    for item in items:
-        if task.collects_output or b'"usage"' in item:
-            text, usage = stream_piece(item)
-            task.add_output(text)
-            task.set_usage(usage)
-
-
-async def _events(pending: PendingChat, first: ChatReply, task: RequestTask) -> AsyncIterator[bytes]:
+async def _events(pending: Pending[ChatReply], first: ChatReply, task: RequestTask) -> AsyncIterator[bytes]:
     """SSE bytes from the worker's chunks; a failure after the first chunk is an error event, then the end."""
     complete = False
     status, code, message = 200, None, None  # what the history records: the stream's real outcome
@@ -144,7 +108,8 @@ async def _events(pending: PendingChat, first: ChatReply, task: RequestTask) -> 
         while True:
             if isinstance(reply, ChatChunk):
                 items = [bytes(item) for item in reply.data]
-                _observe(task, items)
+                for item in items:
+                    task.add_chunk(item)
                 yield b"".join(b"data: " + item + b"\n\n" for item in items)
             elif isinstance(reply, ChatEnd):
                 complete = True
@@ -157,14 +122,11 @@ async def _events(pending: PendingChat, first: ChatReply, task: RequestTask) -> 
                 return
             try:
                 reply = await pending.next()
-            except TimeoutError:
+            except BusFailure as exc:
                 complete = True
-                status, code, message = 504, "timeout", "The request timed out"
-                yield _sse_error(status, message, code)
-                return
-            except ReplyLost as exc:
-                complete = True
-                status, code, message = 502, "worker_lost", f"The stream was interrupted: {exc}"
+                lost = isinstance(exc, ReplyLost)
+                status, code = exc.status, exc.code
+                message = f"The stream was interrupted: {exc.message}" if lost else exc.message
                 yield _sse_error(status, message, code)
                 return
     finally:
@@ -177,12 +139,12 @@ async def _events(pending: PendingChat, first: ChatReply, task: RequestTask) -> 
 
 def chat_router(
     views: ModelViewStore,
-    dispatcher: ChatDispatcher,
+    client: WorkQueueClient,
+    settings: ChatSettings,
     recorder: TaskRecorder,
     *,
     security: list[SecurityRequirement] | None,
 ) -> Router:
-    settings = dispatcher.settings
     errors = {
         400: error_spec("Malformed or invalid request"),
         404: error_spec("Unknown model"),
@@ -226,23 +188,21 @@ def chat_router(
         # the bus id is always ours: a client's x-request-id may repeat or hold characters subjects can't
         request_id = task.request_id = uuid.uuid4().hex
         structlog.contextvars.bind_contextvars(bus_request_id=request_id)
-        try:
-            pending = await dispatcher.submit(
-                data.model,
-                await request.body(),
-                request_id=request_id,
-                stream=stream,
-                include_usage=include_usage,
-                traceparent=task.traceparent,
-                give_up=give_up_when_failed(views, data.model, grace=settings.error_grace),
-            )
-        except (QueueFull, BusUnavailable) as exc:
-            raise _bus_error(exc, data.model, settings) from exc
+        job = ChatRequest(
+            request_id=request_id,
+            model=data.model,
+            body=msgspec.Raw(await request.body()),
+            stream=stream,
+            include_usage=include_usage,
+            traceparent=task.traceparent,
+        )
+        give_up = give_up_when_failed(views, data.model, grace=settings.error_grace)
+        pending = await client.submit(CHAT, job, queue=data.model, give_up=give_up)
         try:
             first = await unless_disconnected(request, pending.next)
-        except (TimeoutError, ReplyLost, ModelFailed) as exc:
+        except (BusFailure, ApiError):
             await pending.close(cancel=True)  # a queued request is then never started
-            raise _bus_error(exc, data.model, settings) from exc
+            raise
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await pending.close(cancel=True)
@@ -256,9 +216,7 @@ def chat_router(
         if isinstance(first, ChatResult):
             await pending.close(cancel=False)
             data_bytes = bytes(first.data)
-            text, usage = completion_output(data_bytes)
-            task.add_output(text)
-            task.set_usage(usage)
+            task.add_completion(data_bytes)
             return Response(content=data_bytes, media_type=MediaType.JSON)
         return Stream(_events(pending, first, task), media_type="text/event-stream", headers=SSE_HEADERS)
 

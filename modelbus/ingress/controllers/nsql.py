@@ -15,7 +15,7 @@ import uuid
 from functools import partial
 from typing import Annotated, Any
 
-import msgspec
+import anyio
 import nats.errors
 import structlog
 from litestar import Request, Response, Router, post
@@ -28,21 +28,20 @@ from litestar.response import Stream
 from modelbus.config import Config, ModelConfig
 from modelbus.ingress.disconnect import unless_disconnected
 from modelbus.ingress.errors import ApiError, error_spec, model_not_ready
-from modelbus.ingress.nsql_reply import ReplyBroken, ReplyWaiter, failure_of
+from modelbus.ingress.nsql_reply import ReplyReader, failure_of
 from modelbus.ingress.nsql_stream import EVENT_STREAM, SSE_HEADERS, nsql_events
 from modelbus.ingress.openapi import operation_with_content, sse_media_type
 from modelbus.ingress.request_task import RequestTask
 from modelbus.ingress.view_store import ModelViewStore
 from modelbus.runtime.tasks.recorder import TaskRecorder
-from modelbus.runtime.work_queue.client import BusUnavailable, ChatDispatcher, QueueFull
-from modelbus.schemas.nsql import NsqlQuery, NsqlRequest, ResponseFormat, negotiate
+from modelbus.runtime.work_queue.client import WorkQueueClient
+from modelbus.schemas.nsql import NSQL, NsqlQuery, NsqlRequest, ResponseFormat, negotiate
 from modelbus.schemas.status import ModelStatus
-from modelbus.schemas.subjects import NSQL_READY_SUBJECT, NSQL_SUBJECT
+from modelbus.schemas.subjects import NSQL_READY_SUBJECT
 
 __all__ = ("nsql_router",)
 
 log = structlog.get_logger(__name__)
-_encoder = msgspec.json.Encoder()
 NsqlBody = Annotated[NsqlQuery, Body(description="The question, and optionally the model and datasets")]
 READY_CACHE_S = 1.0
 # Spice's name for "the NSQL model" (its 2025 default, and the seed's example): the default model here
@@ -112,8 +111,8 @@ def resolve(config: Config, query: NsqlQuery) -> tuple[ModelConfig, tuple[str, .
 class _WorkerPresence:
     """Whether a ready NSQL worker answers, asked at most once a second."""
 
-    def __init__(self, dispatcher: ChatDispatcher) -> None:
-        self._nc = dispatcher.nc
+    def __init__(self, client: WorkQueueClient) -> None:
+        self._nc = client.nc
         self._ready_until = 0.0
 
     async def check(self) -> None:
@@ -190,12 +189,12 @@ _FORMAT_CONTENT = {
 def nsql_router(
     config: Config,
     views: ModelViewStore,
-    dispatcher: ChatDispatcher,
+    client: WorkQueueClient,
     recorder: TaskRecorder,
     *,
     security: list[SecurityRequirement] | None,
 ) -> Router:
-    presence = _WorkerPresence(dispatcher)
+    presence = _WorkerPresence(client)
     settings = config.runtime.nsql
 
     @post(
@@ -224,60 +223,28 @@ def nsql_router(
         fmt = negotiate(request.headers.get("accept"))
         request_id = task.request_id = uuid.uuid4().hex
         structlog.contextvars.bind_contextvars(bus_request_id=request_id)
-        deadline = time.time() + settings.request_timeout
-        message = NsqlRequest(
+        job = NsqlRequest(
             request_id=request_id,
             query=data.query,
             model=model.name,
             datasets=datasets,
             sample_data_enabled=data.sample_data_enabled,
             format=fmt,
-            reply_to=dispatcher.reply_subject(request_id),
-            deadline=deadline,
             traceparent=task.traceparent,
         )
-        try:
-            replies = await dispatcher.enqueue(NSQL_SUBJECT, _encoder.encode(message), request_id=request_id)
-        except QueueFull as exc:
-            raise ApiError(
-                429,
-                "The NSQL queue is full; retry later",
-                code="queue_full",
-                headers={"Retry-After": str(config.runtime.chat.retry_after)},
-            ) from exc
-        except BusUnavailable as exc:
-            raise ApiError(
-                503,
-                "The message bus is unavailable; retry shortly",
-                code="bus_unavailable",
-                headers={"Retry-After": "1"},
-            ) from exc
-
-        waiter = ReplyWaiter(replies, deadline=deadline, max_bytes=settings.max_reply_bytes)
+        pending = await client.submit(NSQL, job)
+        reader = ReplyReader(pending, max_bytes=settings.max_reply_bytes)
         if data.stream:
-            events = nsql_events(
-                waiter,
-                keepalive=settings.stream_keepalive,
-                dispatcher=dispatcher,
-                request_id=request_id,
-                task=task,
-            )
+            events = nsql_events(reader, keepalive=settings.stream_keepalive, task=task)
             return Stream(events, media_type=EVENT_STREAM, headers=SSE_HEADERS)
+        answered = False
         try:
-            got = await unless_disconnected(request, waiter.wait)
-        except TimeoutError as exc:
-            await dispatcher.cancel(request_id)
-            raise ApiError(504, "The question was not answered in time", code="timeout") from exc
-        except ReplyBroken as exc:
-            await dispatcher.cancel(request_id)
-            log.warning("nsql.reply_incomplete", error=str(exc))
-            raise ApiError(
-                502, f"The NSQL worker's reply was incomplete: {exc}", code="reply_incomplete"
-            ) from exc
+            got = await unless_disconnected(request, reader.wait)
+            answered = got is not None
         finally:
-            dispatcher.forget(request_id)
-        if got is None:  # the client left: stop the work (and its model calls)
-            await dispatcher.cancel(request_id)
+            with anyio.CancelScope(shield=True):  # the client left, or no answer: stop the work
+                await pending.close(cancel=not answered)
+        if got is None:  # the client left
             return Response(content=b"", status_code=499)
         task.add_output(got.reply.sql or "")
         if got.reply.status != 200:

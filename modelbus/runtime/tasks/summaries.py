@@ -7,42 +7,12 @@ from typing import Any
 
 import msgspec
 
+from modelbus.schemas.openai import ChatCompletion, ChatCompletionChunk, Usage
+
 __all__ = ("Usage", "chat_input", "completion_output", "stream_piece")
 
-
-class Usage(msgspec.Struct, frozen=True):
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-
-
-class _Message(msgspec.Struct):
-    content: str | None = None
-
-
-class _Choice(msgspec.Struct):
-    message: _Message | None = None
-
-
-class _Completion(msgspec.Struct):
-    choices: list[_Choice] = []
-    usage: Usage | None = None
-
-
-class _Delta(msgspec.Struct):
-    content: str | None = None
-
-
-class _ChunkChoice(msgspec.Struct):
-    delta: _Delta | None = None
-
-
-class _Chunk(msgspec.Struct):
-    choices: list[_ChunkChoice] = []
-    usage: Usage | None = None
-
-
-_completion = msgspec.json.Decoder(_Completion)
-_chunk = msgspec.json.Decoder(_Chunk)
+_completion = msgspec.json.Decoder(ChatCompletion)
+_chunk = msgspec.json.Decoder(ChatCompletionChunk)
 
 
 def _text(content: object) -> str:
@@ -66,17 +36,15 @@ def completion_output(data: bytes) -> tuple[str, Usage | None]:
     """The first choice's text and the usage of a ``chat.completion`` body (empty when unreadable)."""
     try:
         completion = _completion.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, msgspec.ValidationError):
         return "", None
-    message = completion.choices[0].message if completion.choices else None
-    return (message.content or "" if message else ""), completion.usage
+    return completion.text, completion.usage
 
 
 def stream_piece(data: bytes) -> tuple[str, Usage | None]:
     """The text a ``chat.completion.chunk`` adds, and its usage (the last chunk's, when asked for)."""
     try:
         chunk = _chunk.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, msgspec.ValidationError):
         return "", None
-    delta = chunk.choices[0].delta if chunk.choices else None
-    return (delta.content or "" if delta else ""), chunk.usage
+    return chunk.text, chunk.usage

@@ -15,12 +15,15 @@ from nats.aio.client import Client
 from modelbus.config import Config, ModelConfig
 from modelbus.runtime.tasks.recorder import TaskRecorder
 from modelbus.runtime.work_queue.cancellation import Cancellations
-from modelbus.runtime.worker import ModelState, WorkerRuntime
+from modelbus.runtime.work_queue.consumer import JobConsumer
+from modelbus.runtime.worker import WorkerRuntime
+from modelbus.schemas.chat import CHAT, ChatRequest
 from modelbus.schemas.heartbeat import ModelInfo
-from modelbus.schemas.status import ErrorInfo
-from modelbus.workers.model.chat_consumer import ChatConsumer
+from modelbus.schemas.status import ErrorInfo, ModelStatus
+from modelbus.workers.model.chat_handler import ChatHandler
 from modelbus.workers.model.providers import Provider, create_provider, keep_ready
 from modelbus.workers.model.providers.factory import capacity_of
+from modelbus.workers.model.state import ModelState
 
 __all__ = ("ModelWorker", "model_info")
 
@@ -72,19 +75,21 @@ class ModelWorker:
         self.recorder = TaskRecorder(
             nc, config.runtime.history, component="model_worker", worker_id=self.runtime.worker_id
         )
-        self.consumers = [
-            ChatConsumer(
-                nc,
-                provider,
-                self._models[name],
-                worker_id=self.runtime.worker_id,
-                settings=config.runtime.chat,
-                cancellations=self.cancellations,
-                recorder=self.recorder,
-                on_unhealthy=partial(self._unhealthy, name),
-            )
-            for name, provider in self.providers.items()
-        ]
+        self.consumers = {name: self._consumer(name, provider) for name, provider in self.providers.items()}
+
+    def _consumer(self, name: str, provider: Provider) -> JobConsumer[ChatRequest]:
+        """The chat jobs of one model: its own queue, pulled only while it is ready, into its free slots."""
+        state = provider.state
+
+        def count(in_flight: int) -> None:
+            state.in_flight = in_flight
+
+        handler = ChatHandler(provider, self._models[name], on_unhealthy=partial(self._unhealthy, name))
+        return JobConsumer(
+            self.runtime.nc, CHAT, handler, queue=name, worker_id=self.runtime.worker_id,
+            settings=self.config.runtime.chat, cancellations=self.cancellations, recorder=self.recorder,
+            capacity=lambda: state.capacity, ready=lambda: state.status is ModelStatus.READY, on_count=count,
+        )  # fmt: skip
 
     def _start_checks(self, name: str) -> None:
         """Bring the model to ready (again), unless its checks are already running."""
@@ -117,12 +122,12 @@ class ModelWorker:
 
     async def _drain(self) -> None:
         """Take no new requests, leave the registry, and let running ones finish (bounded by the grace)."""
-        for consumer in self.consumers:
+        for consumer in self.consumers.values():
             consumer.stop_intake()
             await consumer.announce_held()
         await self.runtime.goodbye()
         with anyio.move_on_after(self.config.runtime.shutdown_grace, shield=True) as scope:
-            for consumer in self.consumers:
+            for consumer in self.consumers.values():
                 await consumer.wait_idle()
         running = sum(p.state.in_flight for p in self.providers.values())
         log.info("model_worker.drained", timed_out=scope.cancelled_caught, still_running=running)
@@ -146,8 +151,8 @@ class ModelWorker:
             for name in self.providers:
                 tg.start_soon(self._watch, name, name=f"watch:{name}")
                 self._start_checks(name)
-            for consumer in self.consumers:
-                await tg.start(consumer.run, name=f"chat:{consumer.model.name}")
+            for name, consumer in self.consumers.items():
+                await tg.start(consumer.run, name=f"chat:{name}")
             self._stack = stack.pop_all()
         return self
 

@@ -1,4 +1,9 @@
-"""One NSQL request to its one reply: check the datasets, ask the model over the bus, answer, render.
+"""One NSQL job to its one reply: check the datasets, ask the model over the bus, answer, render, send.
+
+The job's life on the bus (commit once the whole reply is sent, keep-alives, cancellation, the deadline, the
+log line and the ``text_to_sql`` span) is the runtime's
+:class:`~modelbus.runtime.work_queue.consumer.JobConsumer`; the model calls carry the span's
+``traceparent``, so each of them (an ``ai_completion``) is its child.
 
 Statuses of the reply (the ingress answers the HTTP client with them as they are):
 
@@ -12,13 +17,13 @@ Statuses of the reply (the ingress answers the HTTP client with them as they are
   too long for the model (``context_length_exceeded``, after the one model call that said so);
 - 503: the engine itself failed (``engine_unavailable``: another statement could not help);
 - what :mod:`modelbus.workers.nsql.model_client` maps a failed model call to (429, 502, 503, 504, ...);
-- 504: the deadline passed while answering (``timeout``).
+- 504: the deadline passed while answering (``timeout``, from the consumer).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -26,7 +31,8 @@ import msgspec
 import structlog
 
 from modelbus.config import NsqlSettings
-from modelbus.runtime.work_queue.client import ChatDispatcher
+from modelbus.runtime.work_queue.client import WorkQueueClient
+from modelbus.runtime.work_queue.consumer import Job
 from modelbus.schemas.nsql import NsqlReply, NsqlRequest
 from modelbus.workers.nsql.context import TableSchema
 from modelbus.workers.nsql.datasets import Dataset
@@ -34,6 +40,8 @@ from modelbus.workers.nsql.executor import Executor
 from modelbus.workers.nsql.formats import render
 from modelbus.workers.nsql.generate import Answered, ContextExceeded, answer
 from modelbus.workers.nsql.model_client import BusModel, ModelCallError
+from modelbus.workers.nsql.reply_parts import reply_messages
+from modelbus.workers.nsql.stats import NsqlStats
 
 __all__ = ("Handled", "NsqlHandler")
 
@@ -58,17 +66,58 @@ class NsqlHandler:
         datasets: Sequence[Dataset],
         schemas: Mapping[str, TableSchema],
         executor: Executor,
-        dispatcher: ChatDispatcher,
+        client: WorkQueueClient,
         settings: NsqlSettings,
-        max_reply_bytes: int,
+        max_payload: int,
     ) -> None:
         self.worker_id = worker_id
         self.datasets = {d.name: d for d in datasets}
         self.schemas = dict(schemas)
         self.executor = executor
-        self.dispatcher = dispatcher
+        self.client = client
         self.settings = settings
-        self.max_reply_bytes = max_reply_bytes
+        self.max_reply_bytes = settings.max_reply_bytes
+        self.max_payload = max_payload
+        self.stats = NsqlStats()  # for $SRV.STATS
+
+    def describe(self, request: NsqlRequest) -> Mapping[str, Any]:
+        """The log line's fields: never the question itself (its length only)."""
+        return {
+            "model": request.model,
+            "datasets": list(request.datasets),
+            "format": request.format.value,
+            "sample_data_enabled": request.sample_data_enabled,
+            "query_chars": len(request.query),
+        }
+
+    async def handle(self, job: Job[NsqlRequest]) -> None:
+        """Answer the job, then send the reply (in parts when it exceeds ``max_payload``)."""
+        request = job.request
+        job.span.input = request.query
+        job.span.labels.update(datasets=",".join(request.datasets), format=request.format.value)
+        model = BusModel(
+            self.client,
+            model=request.model,
+            deadline=request.deadline,
+            traceparent=job.span.traceparent,
+            max_tokens=self.settings.max_sql_tokens,
+        )
+        try:
+            handled = await self.answer(request, model)
+        finally:
+            job.log["model_calls"] = model.calls
+        reply = handled.reply
+        job.result = handled
+        job.ended(reply.status, reply.error_code, reply.error_message)
+        job.span.add_output(reply.sql or "")
+        job.span.labels["attempts"] = str(reply.attempts)
+        job.log.update(attempts=reply.attempts, outside_model_ms=handled.outside_model_ms)
+        for message in reply_messages(reply, self.max_payload, job.stamp):
+            await job.publish(message)
+
+    def done(self, job: Job[NsqlRequest], seconds: float) -> None:
+        handled = job.result if isinstance(job.result, Handled) else None
+        self.stats.record(job, handled, seconds)
 
     def _error(
         self, request: NsqlRequest, status: int, message: str, code: str, *, sql: str | None = None,
@@ -111,32 +160,25 @@ class NsqlHandler:
         code = dataset.error.code if dataset.error else "dataset.error"
         return f"`{dataset.name}` could not be loaded ({code}): {dataset.error_message or 'no details'}"
 
-    async def handle(self, request: NsqlRequest) -> Handled:
+    async def answer(self, request: NsqlRequest, model: BusModel) -> Handled:
+        """The reply to ``request``, with what its log line and counters need besides."""
         chosen = self._chosen(request)
         if isinstance(chosen, NsqlReply):
             return Handled(reply=chosen)
-        model = BusModel(
-            self.dispatcher,
-            model=request.model,
-            deadline=request.deadline,
-            traceparent=request.traceparent,
-            max_tokens=self.settings.max_sql_tokens,
-        )
         try:
-            with anyio.fail_after(max(0.0, request.deadline - time.time())):
-                outcome = await answer(
-                    request.query,
-                    datasets=chosen,
-                    executor=self.executor,
-                    ask_model=model,
-                    sql_only=not request.format.executes,
-                    sample_data_enabled=request.sample_data_enabled,
-                    max_attempts=self.settings.max_attempts,
-                    max_context_datasets=self.settings.max_context_datasets,
-                    candidates=self.settings.candidates,
-                    candidate_temperature=self.settings.candidate_temperature,
-                    retry_temperature=self.settings.retry_temperature,
-                )
+            outcome = await answer(
+                request.query,
+                datasets=chosen,
+                executor=self.executor,
+                ask_model=model,
+                sql_only=not request.format.executes,
+                sample_data_enabled=request.sample_data_enabled,
+                max_attempts=self.settings.max_attempts,
+                max_context_datasets=self.settings.max_context_datasets,
+                candidates=self.settings.candidates,
+                candidate_temperature=self.settings.candidate_temperature,
+                retry_temperature=self.settings.retry_temperature,
+            )
         except ModelCallError as exc:
             message = (
                 self._too_long(request, chosen, exc.message)
@@ -146,11 +188,6 @@ class NsqlHandler:
             reply = self._error(request, exc.status, message, exc.code, attempts=model.calls)
             # every call before the one that failed gave SQL that was tried
             return Handled(reply=reply, model_calls=model.calls, sql_attempts=max(0, model.calls - 1))
-        except TimeoutError:
-            reply = self._error(
-                request, 504, "The question was not answered in time", "timeout", attempts=model.calls
-            )
-            return Handled(reply=reply, model_calls=model.calls)
         if isinstance(outcome, Answered):
             reply = await self._answered(request, outcome)
         elif not outcome.retryable:

@@ -12,8 +12,8 @@ the status and code the NSQL client gets:
 - the messages do not fit in the model's context (400 ``context_length_exceeded``, from any provider):
   :class:`ModelContextExceeded`, which is also :class:`~modelbus.workers.nsql.generate.ContextExceeded`, so
   the question is not asked again with more text appended;
-- the model's queue is full: 429 (``queue_full``); NATS cannot take the request: 503 (``bus_unavailable``);
-- no answer before the deadline: 504 (``timeout``); the answering worker went silent: 502 (``worker_lost``);
+- the bus's own failures keep the status and code of :mod:`modelbus.runtime.work_queue.errors` (429
+  ``queue_full``, 503 ``bus_unavailable``, 504 ``timeout``, 502 ``worker_lost`` / ``reply_incomplete``);
 - a reply that is not a chat completion: 502 (``bad_model_reply``).
 """
 
@@ -26,8 +26,10 @@ from typing import Any
 import anyio
 import msgspec
 
-from modelbus.runtime.work_queue.client import BusUnavailable, ChatDispatcher, QueueFull, ReplyLost
-from modelbus.schemas.chat import CONTEXT_LENGTH_EXCEEDED, ChatFailure, ChatResult
+from modelbus.runtime.work_queue.client import WorkQueueClient
+from modelbus.runtime.work_queue.errors import BusFailure
+from modelbus.schemas.chat import CHAT, CONTEXT_LENGTH_EXCEEDED, ChatFailure, ChatRequest, ChatResult
+from modelbus.schemas.openai import ChatCompletion
 from modelbus.workers.nsql.context import Message
 from modelbus.workers.nsql.generate import ContextExceeded
 from modelbus.workers.nsql.prompt import RESPONSE_FORMAT
@@ -51,19 +53,7 @@ class ModelContextExceeded(ModelCallError, ContextExceeded):
     """The model worker said the messages do not fit in the model's context; ``message`` is its own."""
 
 
-class _Message(msgspec.Struct):
-    content: str | None = None
-
-
-class _Choice(msgspec.Struct):
-    message: _Message
-
-
-class _Completion(msgspec.Struct):
-    choices: list[_Choice]
-
-
-_completion_decoder = msgspec.json.Decoder(_Completion)
+_completion_decoder = msgspec.json.Decoder(ChatCompletion)
 
 
 def nsql_status(chat_status: int) -> int:
@@ -90,14 +80,14 @@ class BusModel:
 
     def __init__(
         self,
-        dispatcher: ChatDispatcher,
+        client: WorkQueueClient,
         *,
         model: str,
         deadline: float,
         traceparent: str | None,
         max_tokens: int | None = None,
     ) -> None:
-        self.dispatcher = dispatcher
+        self.client = client
         self.model = model
         self.deadline = deadline
         self.traceparent = traceparent
@@ -110,37 +100,23 @@ class BusModel:
         if remaining <= 0:
             raise ModelCallError(504, "the deadline passed before the model was asked", "timeout")
         model = self.model
-        try:
-            pending = await self.dispatcher.submit(
-                model,
-                request_body(model, messages, temperature, self.max_tokens),
-                request_id=uuid.uuid4().hex,  # one per attempt: the chat stream de-duplicates by id
-                stream=False,
-                include_usage=False,
-                traceparent=self.traceparent,
-                timeout=remaining,
-            )
-        except QueueFull as exc:
-            raise ModelCallError(
-                429, f"the queue of model `{model}` is full; retry later", "queue_full"
-            ) from exc
-        except BusUnavailable as exc:
-            raise ModelCallError(
-                503, "the message bus is unavailable; retry shortly", "bus_unavailable"
-            ) from exc
+        request = ChatRequest(
+            request_id=uuid.uuid4().hex,  # one per attempt: the chat stream de-duplicates by id
+            model=model,
+            body=msgspec.Raw(request_body(model, messages, temperature, self.max_tokens)),
+            traceparent=self.traceparent,
+        )
         answered = False
         try:
-            reply = await pending.next()
-            answered = True
-        except TimeoutError as exc:
-            raise ModelCallError(
-                504, f"model `{model}` did not answer before the deadline", "timeout"
-            ) from exc
-        except ReplyLost as exc:
-            raise ModelCallError(502, f"the worker of model `{model}` stopped: {exc}", "worker_lost") from exc
-        finally:
-            with anyio.CancelScope(shield=True):
-                await pending.close(cancel=not answered)  # cancelled or given up: the model can stop
+            pending = await self.client.submit(CHAT, request, queue=model, timeout=remaining)
+            try:
+                reply = await pending.next()
+                answered = True
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await pending.close(cancel=not answered)  # cancelled or given up: the model can stop
+        except BusFailure as exc:
+            raise ModelCallError(exc.status, f"asking model `{model}`: {exc.message}", exc.code) from exc
         if isinstance(reply, ChatFailure) and reply.code == CONTEXT_LENGTH_EXCEEDED:
             raise ModelContextExceeded(nsql_status(reply.status), reply.message, CONTEXT_LENGTH_EXCEEDED)
         if isinstance(reply, ChatFailure):
@@ -159,6 +135,4 @@ class BusModel:
             raise ModelCallError(
                 502, f"model `{model}` sent a reply that is not a chat completion: {exc}", "bad_model_reply"
             ) from exc
-        if not completion.choices:
-            return ""  # no SQL in it: the guard refuses it and the model is asked again
-        return completion.choices[0].message.content or ""
+        return completion.text  # "" (no SQL in it): the guard refuses it and the model is asked again

@@ -1,15 +1,16 @@
-"""An :class:`~modelbus.schemas.nsql.NsqlReply` as the bus messages that carry it, each within
-``max_payload``.
+"""An :class:`~modelbus.schemas.nsql.NsqlReply` as the bus messages that carry it, each within max_payload.
 
-A reply that fits is one message, as it always was. A larger one is its body's UTF-8 bytes in
-:class:`~modelbus.schemas.nsql.NsqlReplyPart` messages, in order, then the reply itself with ``parts`` set and
-an empty body (the contract is in :mod:`modelbus.schemas.nsql`). The parts are encoded one at a time, so
-sending holds the body plus one message, not a second copy of the whole.
+A reply that fits is one message. A larger one is its body's UTF-8 bytes in
+:class:`~modelbus.schemas.nsql.NsqlReplyPart` messages, in order, then the reply itself with an empty body
+(the contract is in :mod:`modelbus.schemas.nsql`). The parts are encoded one at a time, so sending holds the
+body plus one message, not a second copy of the whole.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from itertools import count
+from typing import Any
 
 import msgspec
 
@@ -19,6 +20,7 @@ __all__ = ("part_size", "reply_messages")
 
 _encoder = msgspec.json.Encoder()
 HEADROOM = 256  # bytes kept free in every part besides its measured envelope
+Stamp = Callable[[], dict[str, Any]]
 
 
 def part_size(reply: NsqlReply, max_payload: int) -> int:
@@ -31,20 +33,29 @@ def part_size(reply: NsqlReply, max_payload: int) -> int:
     return size
 
 
-def reply_messages(reply: NsqlReply, max_payload: int) -> Iterator[bytes]:
-    """The encoded messages to publish, in order, for ``reply``."""
+def _numbered(reply: NsqlReply) -> Stamp:
+    seqs = count()
+    return lambda: {"request_id": reply.request_id, "worker_id": reply.worker_id, "seq": next(seqs)}
+
+
+def reply_messages(reply: NsqlReply, max_payload: int, stamp: Stamp | None = None) -> Iterator[bytes]:
+    """The encoded messages to publish, in order, for ``reply``; ``stamp`` numbers them (the job's own)."""
+    stamp = stamp or _numbered(reply)
     if len(reply.body) < max_payload:  # characters: the encoded reply is never shorter
         whole = _encoder.encode(reply)
         if len(whole) <= max_payload:
-            yield whole
+            envelope = stamp()
+            if envelope["seq"] == reply.seq:
+                yield whole  # the usual case: one message, the job's first reply
+            else:
+                yield _encoder.encode(msgspec.structs.replace(reply, **envelope))
             return
+    yield from _in_parts(reply, max_payload, stamp)
+
+
+def _in_parts(reply: NsqlReply, max_payload: int, stamp: Stamp) -> Iterator[bytes]:
     body = reply.body.encode()
     size = part_size(reply, max_payload)
-    count = 0
     for start in range(0, len(body), size):
-        part = NsqlReplyPart(
-            request_id=reply.request_id, worker_id=reply.worker_id, seq=count, data=body[start : start + size]
-        )
-        count += 1
-        yield _encoder.encode(part)
-    yield _encoder.encode(msgspec.structs.replace(reply, body="", parts=count))
+        yield _encoder.encode(NsqlReplyPart(**stamp(), data=body[start : start + size]))
+    yield _encoder.encode(msgspec.structs.replace(reply, **stamp(), body=""))

@@ -21,7 +21,7 @@ name and region expressions and the product catalogue are defined once, here, an
 
 The table has an aggregate projection by customer (and region), which ClickHouse uses by itself for
 per-customer totals: "top 5 customers by total sales" reads about 2,000 pre-aggregated rows instead of a
-million (a few milliseconds instead of ~80 ms on two cores).
+million.
 
 ``customers``, one row per customer id 1..2000 (every id ``sales_data`` can hold): ``customer_id`` UInt32,
 ``customer_name`` String and ``region`` LowCardinality(String) (both as in ``sales_data``), ``segment`` and

@@ -13,9 +13,12 @@ while queued):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from modelbus.workers.nsql.handler import Handled
+from modelbus.runtime.work_queue.consumer import Job
+
+if TYPE_CHECKING:
+    from modelbus.workers.nsql.handler import Handled
 
 __all__ = ("NsqlStats",)
 
@@ -34,18 +37,18 @@ class NsqlStats:
         self.busy_seconds = 0.0
         self.outside_model_seconds = 0.0
 
-    def record(self, outcome: str, handled: Handled | None, seconds: float) -> None:
-        """One request's end: ``outcome`` is the ``nsql.request`` log line's."""
+    def record(self, job: Job[Any], handled: Handled | None, seconds: float) -> None:
+        """One request's end (one it took: not one skipped while queued)."""
         self.requests += 1
         self.busy_seconds += seconds
-        if outcome == "ok":
-            self.ok += 1
-        elif outcome == "cancelled":
-            self.cancelled += 1
-        elif outcome == "handed_back":
+        if job.handed_back:
             self.handed_back += 1
+        elif job.status == 200:
+            self.ok += 1
+        elif job.status == 499:
+            self.cancelled += 1
         else:
-            code = (handled.reply.error_code if handled is not None else None) or "internal"
+            code = job.error_code or "internal"
             self.failed[code] = self.failed.get(code, 0) + 1
         if handled is None:
             return

@@ -9,8 +9,9 @@ serves the others; a request naming it gets a 400 that says why.
 On the bus it is discoverable through ``$SRV`` (kind ``nsql``, no model heartbeats: it hosts no model;
 ``$SRV.STATS`` carries its load, counters and datasets under ``nsql``: see
 :mod:`modelbus.workers.nsql.stats`), answers ``modelbus.v1.nsql_ready`` (queue group ``nsql``) with its
-datasets and their status, and pulls requests from the NSQL work queue
-(:class:`~modelbus.workers.nsql.consumer.NsqlConsumer`), asking models for SQL over the chat path clients use.
+datasets and their status, and pulls requests from the NSQL work queue (the runtime's
+:class:`~modelbus.runtime.work_queue.consumer.JobConsumer` running
+:class:`~modelbus.workers.nsql.handler.NsqlHandler`), asking models for SQL over the chat path clients use.
 On exit it stops taking requests, stops answering the ready subject, lets running requests finish within
 ``runtime.shutdown_grace`` and hands back the rest.
 """
@@ -36,17 +37,17 @@ from modelbus.runtime.clickhouse.datadir import open_engine
 from modelbus.runtime.clickhouse.engine import ClickHouse
 from modelbus.runtime.tasks.recorder import TaskRecorder
 from modelbus.runtime.work_queue.cancellation import Cancellations
-from modelbus.runtime.work_queue.client import ChatDispatcher
+from modelbus.runtime.work_queue.client import WorkQueueClient
+from modelbus.runtime.work_queue.consumer import JobConsumer
 from modelbus.runtime.worker import WorkerRuntime
-from modelbus.schemas.nsql import NsqlDatasetStatus, NsqlReady
+from modelbus.schemas.chat import CHAT
+from modelbus.schemas.nsql import NSQL, NsqlDatasetStatus, NsqlReady, NsqlRequest
 from modelbus.schemas.status import ErrorCategory, ErrorInfo, ErrorType, ModelStatus
 from modelbus.schemas.subjects import NSQL_READY_SUBJECT, encode_token
-from modelbus.workers.nsql.consumer import NsqlConsumer
 from modelbus.workers.nsql.context import TableSchema, describe_dataset
 from modelbus.workers.nsql.datasets import Dataset, load_datasets
 from modelbus.workers.nsql.executor import Executor
 from modelbus.workers.nsql.handler import NsqlHandler
-from modelbus.workers.nsql.recorded import RecordedHandler
 from modelbus.workers.nsql.stats import NsqlStats
 
 __all__ = ("NSQL_QUEUE_GROUP", "NsqlWorker", "data_dir_base")
@@ -101,7 +102,8 @@ class NsqlWorker:
             extra_stats=self.stats,
         )
         self.cancellations = Cancellations()
-        self.consumer: NsqlConsumer | None = None
+        self.consumer: JobConsumer[NsqlRequest] | None = None
+        self.handler: NsqlHandler | None = None
         self._ready_sub: Subscription | None = None
         self._stack = AsyncExitStack()
 
@@ -128,7 +130,7 @@ class NsqlWorker:
     def stats(self) -> dict[str, Any]:
         """This worker's part of ``$SRV.STATS``: its load, its counters and its datasets."""
         ready = self.ready_info()
-        counters = self.consumer.stats if self.consumer is not None else NsqlStats()
+        counters = self.handler.stats if self.handler is not None else NsqlStats()
         datasets = {d.name: {"status": d.status, "error_code": d.error_code} for d in ready.datasets}
         history: dict[str, Any] = {}
         if self._recorder is not None:
@@ -243,30 +245,27 @@ class NsqlWorker:
                 self.history = await stack.enter_async_context(sink)
             await self._prepare_datasets(engine)
             await stack.enter_async_context(self.runtime)
-            dispatcher = await stack.enter_async_context(ChatDispatcher(self.nc, self.config.runtime.chat))
+            runtime = self.config.runtime
+            client = await stack.enter_async_context(WorkQueueClient(self.nc, {CHAT: runtime.chat}))
             await self.cancellations.subscribe(self.nc)
             stack.push_async_callback(self.cancellations.unsubscribe)
-            handler = NsqlHandler(
+            handler = self.handler = NsqlHandler(
                 worker_id=self.worker_id,
                 datasets=self.datasets,
                 schemas=self.schemas,
                 executor=Executor(engine),
-                dispatcher=dispatcher,
-                settings=self.config.runtime.nsql,
-                max_reply_bytes=self.config.runtime.nsql.max_reply_bytes,
+                client=client,
+                settings=runtime.nsql,
+                max_payload=self.nc.max_payload,
             )
             recorder = self._recorder = TaskRecorder(
-                self.nc, self.config.runtime.history, component="nsql_worker", worker_id=self.worker_id
+                self.nc, runtime.history, component="nsql_worker", worker_id=self.worker_id
             )
             await recorder.prepare()
-            self.consumer = NsqlConsumer(
-                self.nc,
-                RecordedHandler(handler.handle, recorder),
-                worker_id=self.worker_id,
-                settings=self.config.runtime.nsql,
-                ack_wait=self.config.runtime.chat.ack_wait,
-                cancellations=self.cancellations,
-            )
+            self.consumer = JobConsumer(
+                self.nc, NSQL, handler, worker_id=self.worker_id, settings=runtime.nsql,
+                cancellations=self.cancellations, recorder=recorder, capacity=lambda: runtime.nsql.capacity,
+            )  # fmt: skip
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
             stack.push_async_callback(self._drain)
@@ -280,7 +279,7 @@ class NsqlWorker:
                 worker_id=self.worker_id,
                 datasets=[d.name for d in self.datasets if d.name in self.schemas],
                 unavailable=[d.name for d in self.datasets if d.name not in self.schemas],
-                capacity=self.consumer.capacity,
+                capacity=self.config.runtime.nsql.capacity,
             )
             self._stack = stack.pop_all()
         return self

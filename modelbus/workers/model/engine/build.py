@@ -6,10 +6,10 @@ unpacked. cmake builds the one target, statically linked, into a folder of the p
 by the source version and the build flags, so every clone, the tests and CI share one build. Set
 ``MODELBUS_LLAMA_SERVER`` to a binary to use that instead. ``main`` is ``modelbus engine build``.
 
-Build flags, measured (docs/benchmarks.md): ``avx512`` (AVX-512 F/BW/VL/VNNI/VBMI/BF16, AMX off) where the
-CPU has all of those: on ours it generated 1.2x as fast as ``portable`` with one request and 1.4x with 4;
-else ``portable`` (AVX2/FMA/F16C). A ``-march=native`` build turns on llama.cpp's AMX kernels on CPUs with
-AMX, and those crashed on batches of more than one token here. ``MODELBUS_LLAMA_FLAVOR`` picks a flavor.
+Build flags (chosen by measurement: docs/benchmarks.md): ``avx512`` (AVX-512 F/BW/VL/VNNI/VBMI/BF16, AMX
+off) where the CPU has all of those, else ``portable`` (AVX2/FMA/F16C). A ``-march=native`` build turns on
+llama.cpp's AMX kernels on CPUs with AMX, and those crashed on batches of more than one token here.
+``MODELBUS_LLAMA_FLAVOR`` picks a flavor.
 """
 
 from __future__ import annotations

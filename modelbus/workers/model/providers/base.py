@@ -10,8 +10,9 @@ import anyio
 import msgspec
 import structlog
 
-from modelbus.runtime.worker import ModelState
+from modelbus.runtime.work_queue.errors import JobFailed
 from modelbus.schemas.status import ErrorInfo
+from modelbus.workers.model.state import ModelState
 
 __all__ = ("ChatCall", "CheckFailed", "Emit", "Provider", "ProviderError", "keep_ready")
 
@@ -30,7 +31,7 @@ class CheckFailed(Exception):
         self.retryable = retryable
 
 
-class ProviderError(Exception):
+class ProviderError(JobFailed):
     """A chat request failed; ``status`` is what the client gets, the rest is OpenAI's error object."""
 
     def __init__(
@@ -43,12 +44,7 @@ class ProviderError(Exception):
         param: str | None = None,
         unhealthy: ErrorInfo | None = None,
     ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type_
-        self.code = code
-        self.param = param
+        super().__init__(status, message, code=code, type_=type_, param=param)
         # set when the failure says the model cannot serve anyone (a revoked key): it is checked again
         self.unhealthy = unhealthy
 

@@ -6,31 +6,18 @@ Upstreams answer a failure with ``{"error": {...}}`` in one of two real wire for
 its own ``type`` names, ``code`` the HTTP status as an integer, and for a context overflow
 ``n_prompt_tokens`` and ``n_ctx``). A client of modelbus gets OpenAI's shape either way, with the upstream's
 message (which says the sizes, the feature, ...) kept after what modelbus makes of it. An integer ``code``
-is never passed on as OpenAI's ``code``. What the client gets:
+is never passed on as OpenAI's ``code``. What the client gets, and what the model's status becomes, is a
+table in ``docs/errors.md``, computed from these functions (``python -m modelbus.cli.reference``). In short:
 
-============================================  ======  =====================  ==========================
-upstream: status, ``type`` / ``code``         status  ``type``               ``code``
-============================================  ======  =====================  ==========================
-4xx, code ``context_length_exceeded`` (OAI)   400     invalid_request_error  context_length_exceeded [1]
-400 ``exceed_context_size_error`` (llama)     400     invalid_request_error  context_length_exceeded [1]
-501 ``not_supported_error`` (llama)           400     invalid_request_error  unsupported_feature
-503 ``unavailable_error`` (llama: loading)    503     server_error           model_not_ready [2]
-401 ``authentication_error`` (llama)          401     invalid_request_error  invalid_api_key [3]
-403 ``permission_error`` (llama)              400     invalid_request_error  permission_denied [3]
-404 ``not_found_error`` (llama)               400     invalid_request_error  not_found
-401, 429, any other ``type``                  same    upstream's, else [4]   upstream's string, else none
-other 4xx / 5xx, any other ``type``           400/502 upstream's, else [4]   upstream's string, else none
-============================================  ======  =====================  ==========================
-
-[1] ``param`` is the upstream's, else ``messages``: the prompt is what does not fit. A context overflow is
-    the client's to fix (a shorter prompt); asking again cannot help.
-[2] The model cannot serve anyone until it has loaded: it turns ``error`` (``model.loading``) and is
-    checked again until it answers, so the next requests wait in its queue instead of failing.
-[3] The model worker's own credentials were refused: the model turns ``error`` (``model.auth``) and is
-    checked again, as with any 401 or 403.
-[4] ``invalid_request_error`` for a 4xx, ``server_error`` for a 5xx. With no ``code`` the ingress says
-    ``upstream_error``. llama-server's 400 ``invalid_request_error`` and 500 ``server_error`` take these
-    rows.
+- a context overflow (OpenAI's ``code``, llama-server's ``exceed_context_size_error``) is a 400
+  ``context_length_exceeded``, ``param`` the upstream's else ``messages``: the client's to fix, and asking
+  again cannot help;
+- llama-server's 503 ``unavailable_error`` (still loading) turns the model ``error`` (``model.loading``) and
+  it is checked again until it answers, so the next requests wait in its queue instead of failing;
+- a 401 or 403 says the model worker's own credentials were refused: the model turns ``error``
+  (``model.auth``) and is checked again;
+- 401 and 429 pass through as they are, any other 4xx is a 400 and a 5xx a 502, with the upstream's
+  ``type`` (else ``invalid_request_error`` / ``server_error``) and string ``code``.
 
 The same applies to an error sent inside a 200 stream (llama-server's ``data: {"error": {...}}`` after the
 first chunk, or the ``error: {...}`` event of older builds): see :func:`stream_error`.

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from modelbus.config import ModelConfig
-from modelbus.runtime.worker import ModelState
 from modelbus.workers.model.providers.base import Provider
 from modelbus.workers.model.providers.local import LocalProvider
 from modelbus.workers.model.providers.openai_compat import OpenAIProvider
+from modelbus.workers.model.state import ModelState
 
 __all__ = ("OPENAI_CAPACITY", "capacity_of", "create_provider")
 

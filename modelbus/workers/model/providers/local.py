@@ -23,7 +23,6 @@ import msgspec
 import structlog
 
 from modelbus.config import ModelConfig
-from modelbus.runtime.worker import ModelState
 from modelbus.schemas.status import ErrorCategory, ErrorInfo, ErrorType
 from modelbus.workers.model.catalog import model_cache_dir, resolve_model_file, verify
 from modelbus.workers.model.engine.build import find_llama_server, usable_cores
@@ -32,6 +31,7 @@ from modelbus.workers.model.providers.base import ChatCall, CheckFailed, Emit, P
 from modelbus.workers.model.providers.openai_compat import OpenAIProvider
 from modelbus.workers.model.providers.tool_calls import constrain_tool_choice, offered_tools, parse_tool_calls
 from modelbus.workers.model.providers.usage import completion_as_chunks, usage_chunk
+from modelbus.workers.model.state import ModelState
 
 __all__ = ("LocalProvider", "llama_server_args")
 

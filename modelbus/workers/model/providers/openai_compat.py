@@ -1,7 +1,7 @@
 """Models served by any OpenAI-compatible HTTP server (OpenAI itself, vLLM, llama.cpp server, ...).
 
-The HTTP client is aiohttp: on this path it spends about a fifth of the CPU per request that httpx does
-(measured: 255 us against 1,211 us for a small completion), and a model worker's throughput is that CPU.
+The HTTP client is aiohttp: on this path it spends a fraction of the CPU per request that httpx does
+(docs/benchmarks.md), and a model worker's throughput is that CPU.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import anyio
 import msgspec
 
 from modelbus.config import ModelConfig
-from modelbus.runtime.worker import ModelState
 from modelbus.workers.model.providers.base import ChatCall, CheckFailed, Emit, ProviderError
 from modelbus.workers.model.providers.errors import (
     UpstreamResponse,
@@ -27,6 +26,7 @@ from modelbus.workers.model.providers.errors import (
     upstream_message,
 )
 from modelbus.workers.model.providers.usage import UsageCounter, usage_chunk
+from modelbus.workers.model.state import ModelState
 
 __all__ = ("OpenAIProvider",)
 
