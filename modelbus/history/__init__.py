@@ -1,1 +1,2 @@
-"""Task history: spans of work recorded as events (``recorder``) and written to ClickHouse (``sink``)."""
+"""The task-history sink: the recorded spans and status changes, written to ClickHouse's ``task_history``.
+Recording them is the runtime's (``modelbus.runtime.tasks``)."""

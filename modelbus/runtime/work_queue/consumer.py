@@ -100,7 +100,7 @@ class Job(Generic[Req]):
 
     async def fail(self, error: JobFailed) -> None:
         """Answer with the kind's error reply, and commit: the job is over."""
-        self.ended(error.status, error.code or "error", error.message)
+        self.ended(error.status, error.code or str(error.status), error.message)
         reply = self.kind.failure(
             **self.stamp(), status=error.status, message=error.message, code=error.code,
             error_type=error.type, param=error.param,
