@@ -24,6 +24,8 @@ __all__ = ("RequestTask",)
 
 
 class RequestTask(TaskSpan):
+    __slots__ = ("request",)
+
     def __init__(
         self,
         recorder: TaskRecorder,

@@ -42,6 +42,11 @@ def outcome_of(status: int, code: str | None) -> str:
 
 
 class TaskSpan:
+    __slots__ = (
+        "_chars", "_limit", "_parts", "finished", "input", "labels", "model", "recorder", "request_id",
+        "span", "started_at", "task", "usage",
+    )  # fmt: skip
+
     def __init__(
         self,
         recorder: TaskRecorder,

@@ -57,6 +57,11 @@ GiveUp = Callable[[], BaseException | None]
 class Pending(Generic[Rep]):
     """The replies to one request, in order, from the one worker that answers it."""
 
+    __slots__ = (
+        "_client", "_closed", "_decoder", "_give_up", "_keepalive", "_order", "_receive", "_worked_on",
+        "deadline", "kind", "request_id",
+    )  # fmt: skip
+
     def __init__(
         self,
         client: WorkQueueClient,

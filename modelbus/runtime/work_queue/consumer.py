@@ -48,6 +48,11 @@ Req = TypeVar("Req", bound=JobRequest)
 class Job(Generic[Req]):
     """One job being answered: its request, its replies (numbered), its commit, its span and log fields."""
 
+    __slots__ = (
+        "_seq", "committed", "error_code", "error_message", "handed_back", "kind", "last_sent", "log", "msg",
+        "nc", "request", "result", "span", "status", "tg", "worker_id",
+    )  # fmt: skip
+
     def __init__(
         self, nc: Client, kind: JobKind[Req, Any], msg: Msg, request: Req, *, worker_id: str, span: TaskSpan,
         tg: anyio.abc.TaskGroup,
@@ -188,23 +193,24 @@ class JobConsumer(Generic[Req]):
             await msg.term()
             return
         started = time.monotonic()
-        fields = dict(self.handler.describe(request))
-        with structlog.contextvars.bound_contextvars(request_id=request.request_id):
-            bound = log.bind(**fields, traceparent=request.traceparent, worker_id=self.worker_id)
-            if time.time() >= request.deadline or self.cancellations.was_cancelled(request.request_id):
-                await msg.term()
-                bound.info(self._event, outcome="skipped", reason="deadline passed or cancelled while queued")
-                return
-            span = TaskSpan(
-                self.recorder, task=self.kind.task, traceparent=request.traceparent,
-                model=str(fields.get("model", "")), request_id=request.request_id,
-            )  # fmt: skip
-            job = Job(self.nc, self.kind, msg, request, worker_id=self.worker_id, span=span, tg=tg)
-            try:
-                await self._run(job, bound)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await self._done(job, bound, started)
+        fields = self.handler.describe(request)
+        bound = log.bind(
+            request_id=request.request_id, **fields, traceparent=request.traceparent, worker_id=self.worker_id
+        )
+        if time.time() >= request.deadline or self.cancellations.was_cancelled(request.request_id):
+            await msg.term()
+            bound.info(self._event, outcome="skipped", reason="deadline passed or cancelled while queued")
+            return
+        span = TaskSpan(
+            self.recorder, task=self.kind.task, traceparent=request.traceparent,
+            model=str(fields.get("model", "")), request_id=request.request_id,
+        )  # fmt: skip
+        job = Job(self.nc, self.kind, msg, request, worker_id=self.worker_id, span=span, tg=tg)
+        try:
+            await self._run(job, bound)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._done(job, bound, started)
 
     async def _run(self, job: Job[Req], bound: Any) -> None:
         request_id = job.request.request_id

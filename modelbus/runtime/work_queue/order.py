@@ -16,6 +16,8 @@ __all__ = ("ReplyOrder",)
 
 
 class ReplyOrder:
+    __slots__ = ("_next", "_restartable", "restarts", "worker_id")
+
     def __init__(self, commit: CommitPoint) -> None:
         self._restartable = commit is CommitPoint.RESULT
         self.worker_id: str | None = None

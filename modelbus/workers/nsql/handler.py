@@ -103,7 +103,9 @@ class NsqlHandler:
             max_tokens=self.settings.max_sql_tokens,
         )
         try:
-            handled = await self.answer(request, model)
+            # the request id on every log line the answer writes (the guard's, the engine's, ...)
+            with structlog.contextvars.bound_contextvars(request_id=request.request_id):
+                handled = await self.answer(request, model)
         finally:
             job.log["model_calls"] = model.calls
         reply = handled.reply
