@@ -166,11 +166,17 @@ async def test_schemathesis_finds_nothing_on_the_live_ingress(nats_server: Embed
         "GET /v1/models/{model_id}",
         "POST /v1/chat/completions",
         "POST /v1/nsql",
+        "POST /v1/responses",
+        "GET /v1/responses/{response_id}",
     }, report.operations
     assert not report.failures, "\n\n".join(report.failures)
     # nothing to make invalid (no parameters, no body). /v1/models/events streams only when asked for
     # text/event-stream, which schemathesis never sends, so its JSON snapshot is what gets checked here.
-    parameterless = {"GET /health", "GET /v1/models/events", "GET /v1/asyncapi.json"}
+    # A response id is any string (an unknown one is a 404), so there is no invalid one to send either.
+    parameterless = {
+        "GET /health", "GET /v1/models/events", "GET /v1/asyncapi.json", "GET /v1/responses/{response_id}",
+        "DELETE /v1/responses/{response_id}",
+    }  # fmt: skip
     assert set(report.no_negative) <= parameterless, report.no_negative
     # the fuzzing reached the success paths and the expected errors, not only the validation errors
     seen = {label: set(counts) for label, counts in report.statuses.items()}
@@ -183,6 +189,8 @@ async def test_schemathesis_finds_nothing_on_the_live_ingress(nats_server: Embed
     assert {"200 application/json", "404 application/json"} <= seen["GET /v1/models/{model_id}"], seen
     assert {"200 application/json", "400 application/json"} <= seen["GET /v1/models"], seen
     assert {"503 application/json", "400 application/json"} <= seen["POST /v1/nsql"], seen
+    assert {"200 application/json", "400 application/json"} <= seen["POST /v1/responses"], seen
+    assert "404 application/json" in seen["GET /v1/responses/{response_id}"], seen
 
 
 def test_an_empty_dataset_list_is_the_model_s_datasets_not_all() -> None:

@@ -52,6 +52,8 @@ def _minimal_body(path: str) -> dict[str, Any] | None:
         return {"model": QWEN.id, "messages": [{"role": "user", "content": "hi"}]}
     if path == "/v1/nsql":
         return {"query": "how many rows?"}
+    if path == "/v1/responses":
+        return {"model": QWEN.id, "input": "hi"}
     return None
 
 
@@ -69,6 +71,8 @@ async def test_every_v1_route_refuses_a_missing_or_wrong_key(nc: Client) -> None
             f"/v1/models/{QWEN.id}",
             "/v1/chat/completions",
             "/v1/nsql",
+            "/v1/responses",
+            "/v1/responses/{response_id}",
         }
         guarded = [*v1, ("GET", "/schema/openapi.json")]
         wrong_forms: list[dict[str, str]] = [
@@ -86,9 +90,11 @@ async def test_every_v1_route_refuses_a_missing_or_wrong_key(nc: Client) -> None
                 assert error["code"] == "invalid_api_key", (method, path, headers)
                 assert response.headers["www-authenticate"] == "Bearer"
             for headers in ({"X-API-Key": KEYS[0]}, {"Authorization": f"Bearer {KEYS[1]}"}):
-                # past auth: a GET is answered, an empty POST body is refused by validation (no worker needed)
+                # past auth: a GET is answered, an empty POST body is refused by validation (no worker needed),
+                # and a response id that was never stored is not found
                 response = await http.request(method, path, json={} if body else None, headers=headers)
-                assert response.status_code == (400 if body else 200), (method, path, headers, response.text)
+                expected = 400 if body else 404 if path.startswith("/v1/responses/") else 200
+                assert response.status_code == expected, (method, path, headers, response.text)
         for path in sorted(PROBES):
             assert (await http.get(path)).status_code == 200
             assert (await http.get(path, headers={"X-API-Key": "sec-key-wrong-00000000"})).status_code == 200
@@ -114,7 +120,7 @@ async def test_oversized_bodies_get_413_and_the_ingress_keeps_serving(nc: Client
     ):
         schema = (await http.get("/schema/openapi.json", headers=auth)).json()
         posts = [p for m, p in _operations(schema) if m == "POST"]
-        assert set(posts) == {"/v1/chat/completions", "/v1/nsql"}
+        assert set(posts) == {"/v1/chat/completions", "/v1/nsql", "/v1/responses"}
         filler = "x" * (limit + 1)
         for path in posts:
             body = msgspec.json.encode({**(_minimal_body(path) or {}), "padding": filler})

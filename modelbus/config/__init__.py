@@ -15,6 +15,7 @@ from modelbus.config.model import (
     NatsSettings,
     NsqlSettings,
     QueueSettings,
+    ResponsesSettings,
     RuntimeSettings,
 )
 
@@ -33,6 +34,7 @@ __all__ = (
     "NatsSettings",
     "NsqlSettings",
     "QueueSettings",
+    "ResponsesSettings",
     "RuntimeSettings",
     "load_config",
     "parse_config",

@@ -153,6 +153,11 @@ def _check_models(config: Config, source: str) -> None:
             )
         if model.provider == "local":
             _check_local(model, key, source)
+        if model.params.responses_api == "native" and model.provider != "openai":
+            raise ConfigError(
+                source, f"{key}.params.responses_api", "only an `openai:` model's upstream can serve the "
+                "Responses API natively", "remove it: other models get /v1/responses adapted onto chat",
+            )  # fmt: skip
         dataset_names = {d.name for d in config.datasets}
         for dataset in model.datasets:
             if dataset not in dataset_names:

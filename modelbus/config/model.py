@@ -25,6 +25,7 @@ __all__ = (
     "NatsSettings",
     "NsqlSettings",
     "QueueSettings",
+    "ResponsesSettings",
     "RuntimeSettings",
 )
 
@@ -168,6 +169,13 @@ class HistorySettings(_Section, frozen=True):
     max_bytes: PositiveInt = 1024 * 1024 * 1024
 
 
+class ResponsesSettings(_Section, frozen=True):
+    """``POST /v1/responses``: how long a stored response (``store: true``) is kept, for
+    ``previous_response_id`` and ``GET /v1/responses/{id}`` (OpenAI keeps them 30 days)."""
+
+    keep: Seconds = 30 * 24 * 3600.0
+
+
 class RuntimeSettings(_Section, frozen=True):
     http: HttpSettings = HttpSettings()
     nats: NatsSettings = NatsSettings()
@@ -177,6 +185,7 @@ class RuntimeSettings(_Section, frozen=True):
     nsql: NsqlSettings = NsqlSettings()
     chat: ChatSettings = ChatSettings()
     history: HistorySettings = HistorySettings()
+    responses: ResponsesSettings = ResponsesSettings()
     state_dir: str = ".modelbus"
     shutdown_grace: Seconds = 10.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -189,7 +198,9 @@ class ModelParams(_Section, frozen=True):
     capacity: PositiveInt | None = None  # default: `parallel` for local, 16 for openai
     system_prompt: str | None = None
     defaults: dict[str, Any] = {}  # OpenAI request fields applied when the request leaves them out
-    supports_responses_api: bool = False
+    # POST /v1/responses: `adapted` onto chat completions (any model), or `native` (an OpenAI endpoint that
+    # serves /responses itself: the request is passed through)
+    responses_api: Literal["adapted", "native"] = "adapted"
     # openai provider
     endpoint: str = "https://api.openai.com/v1"
     api_key: str | None = None

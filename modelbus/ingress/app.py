@@ -18,10 +18,12 @@ from modelbus.ingress.controllers.health import health_router
 from modelbus.ingress.controllers.metrics import metrics_router
 from modelbus.ingress.controllers.models import models_router
 from modelbus.ingress.controllers.nsql import nsql_router
+from modelbus.ingress.controllers.responses import responses_router
 from modelbus.ingress.errors import EXCEPTION_HANDLERS
 from modelbus.ingress.logging_middleware import RequestLogging
 from modelbus.ingress.metrics import IngressMetrics, QueueDepths, RequestMetrics
 from modelbus.ingress.openapi import API_KEY_SECURITY, openapi_config
+from modelbus.ingress.response_store import ResponseStore
 from modelbus.ingress.view_store import ModelViewStore
 from modelbus.runtime.tasks.recorder import TaskRecorder
 from modelbus.runtime.work_queue.client import WorkQueueClient
@@ -30,9 +32,14 @@ __all__ = ("create_app",)
 
 
 def create_app(
-    config: Config, views: ModelViewStore, client: WorkQueueClient, recorder: TaskRecorder | None = None
+    config: Config,
+    views: ModelViewStore,
+    client: WorkQueueClient,
+    recorder: TaskRecorder | None = None,
+    responses: ResponseStore | None = None,
 ) -> Litestar:
-    """``recorder`` records each chat and NSQL request in the task history (default: as configured)."""
+    """``recorder`` records each chat and NSQL request in the task history (default: as configured);
+    ``responses`` is where ``/v1/responses`` keeps stored responses (without it the route is not served)."""
     recorder = recorder or TaskRecorder(client.nc, config.runtime.history, component="ingress")
     api_keys = config.runtime.auth.api_keys
     security = API_KEY_SECURITY if api_keys else None
@@ -45,6 +52,11 @@ def create_app(
             events_router(views, security=security),
             chat_router(views, client, config.runtime.chat, recorder, security=security),
             nsql_router(config, views, client, recorder, security=security),
+            *(
+                [responses_router(views, client, responses, config.runtime.chat, recorder, security=security)]
+                if responses is not None
+                else []
+            ),
             metrics_router(metrics),
         ],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 from litestar.enums import ScopeType
@@ -19,12 +20,20 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from modelbus.ingress.errors import error_body
 
-__all__ = ("PUBLIC_PATHS", "ApiKeyAuth", "presented_keys")
+__all__ = ("KEY_OWNER", "PUBLIC_PATHS", "ApiKeyAuth", "key_owner", "presented_keys")
 
 PUBLIC_PATHS = frozenset({"/health", "/v1/ready"})
 
 _MISSING = "Missing API key: send it in the X-API-Key header or as 'Authorization: Bearer <key>'."
 _INVALID = "Invalid API key."
+
+
+KEY_OWNER = "key_owner"  # the request state's entry: a hash of the accepted key ("" when auth is off)
+
+
+def key_owner(state: Any) -> str:
+    """Who sent the request, as :class:`ApiKeyAuth` saw it: a hash of the key, or "" without auth."""
+    return str(getattr(state, KEY_OWNER, "") or "")
 
 
 def _digest(key: bytes) -> bytes:
@@ -73,19 +82,29 @@ class ApiKeyAuth:
 
     def accepts(self, keys: Iterable[bytes]) -> bool:
         """True when any presented key equals any configured key; compares every pair, always."""
-        accepted = False
+        return self.accepted(keys) is not None
+
+    def accepted(self, keys: Iterable[bytes]) -> bytes | None:
+        """The digest of the first presented key that is a configured one (every pair is compared)."""
+        found: bytes | None = None
         for key in keys:
             digest = _digest(key)
+            match = False
             for known in self._digests:
-                accepted |= hmac.compare_digest(digest, known)
-        return accepted
+                match |= hmac.compare_digest(digest, known)
+            if match and found is None:
+                found = digest
+        return found
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP or self._is_public(scope["path"]):
             await self._app(scope, receive, send)
             return
         keys = presented_keys(scope["headers"])
-        if keys and self.accepts(keys):
+        digest = self.accepted(keys) if keys else None
+        if digest is not None:
+            # whose request this is, for what it may read later (stored responses); never the key itself
+            scope.setdefault("state", {})[KEY_OWNER] = digest.hex()[:32]
             await self._app(scope, receive, send)
             return
         headers, body = self._invalid if keys else self._missing

@@ -26,6 +26,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
 from modelbus.runtime.work_queue.errors import BusFailure
+from modelbus.schemas.chat import ChatFailure
 from modelbus.schemas.views import ModelView
 
 __all__ = (
@@ -36,6 +37,7 @@ __all__ = (
     "bus_failure_error",
     "error_body",
     "error_spec",
+    "failure_error",
     "model_not_ready",
 )
 
@@ -192,4 +194,16 @@ def model_not_ready(model: str, view: ModelView | None) -> ApiError:
         code="model_not_ready",
         param="model",
         headers={"Retry-After": "1"},
+    )
+
+
+def failure_error(failure: ChatFailure) -> ApiError:
+    """The worker's failure as it is; a model not ready yet (still loading) says when to retry."""
+    return ApiError(
+        failure.status,
+        failure.message,
+        code=failure.code or "upstream_error",
+        type_=failure.error_type,
+        param=failure.param,
+        headers={"Retry-After": "1"} if failure.code == "model_not_ready" else None,
     )

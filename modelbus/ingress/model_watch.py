@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import time
 
-from modelbus.ingress.errors import model_not_ready
+from modelbus.ingress.errors import ApiError, model_not_ready
 from modelbus.ingress.view_store import ModelViewStore
 from modelbus.runtime.work_queue.client import GiveUp
 from modelbus.schemas.status import ModelStatus
 
-__all__ = ("give_up_when_failed",)
+__all__ = ("check_model", "give_up_when_failed")
 
 
 def give_up_when_failed(views: ModelViewStore, model: str, *, grace: float) -> GiveUp:
@@ -34,3 +34,20 @@ def give_up_when_failed(views: ModelViewStore, model: str, *, grace: float) -> G
         return model_not_ready(model, view) if now - failing_since >= grace else None
 
     return check
+
+
+def check_model(views: ModelViewStore, model: str) -> None:
+    """Whether ``model`` can take a request now: 503 before the registry has reported, 404 unknown, 503
+    not ready."""
+    if not views.initialized:
+        raise ApiError(
+            503,
+            "the model registry has not reported yet; retry shortly",
+            code="app_not_initialized",
+            headers={"Retry-After": "1"},
+        )
+    view = views.get(model)
+    if view is None:
+        raise ApiError(404, f"The model `{model}` does not exist", code="model_not_found", param="model")
+    if view.status is not ModelStatus.READY:
+        raise model_not_ready(model, view)

@@ -23,7 +23,9 @@ from nats.aio.client import Client
 
 from modelbus.config import Config, QueueSettings
 from modelbus.ingress.app import create_app
+from modelbus.ingress.response_store import ResponseStore
 from modelbus.ingress.view_store import ModelViewStore
+from modelbus.runtime.jetstream import response_store
 from modelbus.runtime.tasks.recorder import TaskRecorder
 from modelbus.runtime.work_queue.client import WorkQueueClient
 from modelbus.schemas.chat import CHAT
@@ -114,10 +116,11 @@ class IngressServer:
             recorder = TaskRecorder(
                 self._nc, runtime.history, component="ingress", worker_id=self._client.client_id
             )
+            responses = ResponseStore(await response_store(self._nc.jetstream(), keep=runtime.responses.keep))
             await recorder.prepare()
             self._server = _EmbeddedUvicorn(
                 uvicorn.Config(
-                    create_app(self._config, self._views, self._client, recorder),
+                    create_app(self._config, self._views, self._client, recorder, responses),
                     host=self._host,
                     port=self._port,
                     http="httptools",

@@ -102,7 +102,7 @@ class Registry:
             m.name: ModelInfo(
                 owned_by=m.from_,
                 datasets=m.datasets,
-                supports_responses_api=m.params.supports_responses_api,
+                supports_responses_api=True,  # POST /v1/responses serves every model
             )
             for m in config.models
         }

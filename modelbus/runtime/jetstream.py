@@ -24,6 +24,7 @@ from modelbus.schemas.jobs import JobKind
 from modelbus.schemas.subjects import (
     EVENTS_STREAM,
     MODEL_VIEWS_BUCKET,
+    RESPONSES_BUCKET,
     TASKS_STREAM,
     TASKS_WILDCARD,
     events_wildcard,
@@ -36,6 +37,7 @@ __all__ = (
     "ensure_work_queue",
     "history_consumer_config",
     "model_views",
+    "response_store",
     "work_queue_consumer",
 )
 
@@ -125,6 +127,19 @@ async def model_views(js: JetStreamContext) -> KeyValue:
     except BucketNotFoundError:
         return await js.create_key_value(
             KeyValueConfig(bucket=MODEL_VIEWS_BUCKET, history=1, storage=StorageType.FILE)
+        )
+
+
+async def response_store(js: JetStreamContext, *, keep: float) -> KeyValue:
+    """The KV bucket of stored responses (one key per response id), each kept ``keep`` seconds.
+
+    An existing bucket is used as it is (an operator may have made it with more replicas or another TTL).
+    """
+    try:
+        return await js.key_value(RESPONSES_BUCKET)
+    except BucketNotFoundError:
+        return await js.create_key_value(
+            KeyValueConfig(bucket=RESPONSES_BUCKET, history=1, ttl=keep, storage=StorageType.FILE)
         )
 
 

@@ -9,6 +9,8 @@ reply). The first reply commits the request (:attr:`~modelbus.schemas.jobs.Commi
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
 from modelbus.schemas.jobs import CommitPoint, JobKind, JobReply, JobRequest
@@ -31,6 +33,9 @@ class ChatRequest(JobRequest, frozen=True, kw_only=True, tag="modelbus.v1.chat_r
     body: msgspec.Raw  # the client's OpenAI chat completion request, as JSON
     stream: bool = False
     include_usage: bool = False
+    # ``responses``: the body is a :class:`~modelbus.schemas.responses.ResponsesCall`, answered with the
+    # response object (``ChatResult``) or its stream events (one per ``ChatChunk`` item)
+    api: Literal["chat", "responses"] = "chat"
 
 
 class ChatChunk(JobReply, frozen=True, tag="modelbus.v1.chat_chunk"):

@@ -21,6 +21,7 @@ __all__ = (
     "NSQL_STREAM",
     "NSQL_SUBJECT",
     "PREFIX",
+    "RESPONSES_BUCKET",
     "TASKS_STREAM",
     "TASKS_WILDCARD",
     "cancel_subject",
@@ -35,6 +36,7 @@ __all__ = (
 
 PREFIX = "modelbus.v1"
 MODEL_VIEWS_BUCKET = "modelbus_models"
+RESPONSES_BUCKET = "modelbus_responses"  # stored responses (POST /v1/responses with store: true)
 EVENTS_STREAM = "MODELBUS_EVENTS"
 CHAT_STREAM = "MODELBUS_CHAT"
 NSQL_STREAM = "MODELBUS_NSQL"

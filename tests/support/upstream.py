@@ -132,6 +132,12 @@ class Upstream:
             finally:
                 seen.ended = time.time()
             return
+        if path.endswith("/responses") and method == "POST":  # OpenAI's Responses API, served natively
+            seen = Seen(body=msgspec.json.decode(body), started=time.time())
+            self.requests.append(seen)
+            await _responses(seen.body, b, self._reply_text(b), send)
+            seen.ended = time.time()
+            return
         if path.endswith("/models") and method == "GET":
             await _json(send, 200, {"object": "list", "data": [{"id": "stand-in", "object": "model"}]})
             return
@@ -178,8 +184,10 @@ def _invalid_tools(request: dict[str, Any]) -> str | None:
 
 
 def _tool_call(request: dict[str, Any]) -> dict[str, Any] | None:
+    """The stand-in calls the first tool, unless told not to or it was just given a tool's result."""
     tools = request.get("tools") or []
-    if not tools or request.get("tool_choice") == "none":
+    messages = request.get("messages") or []
+    if not tools or request.get("tool_choice") == "none" or (messages and messages[-1].get("role") == "tool"):
         return None
     name = tools[0]["function"]["name"]
     return {
@@ -328,6 +336,67 @@ async def _stream(request: dict[str, Any], b: Behaviour, reply: str, send: Send)
             }
         )
     await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+
+def _response(request: dict[str, Any], text: str, status: str) -> dict[str, Any]:
+    """An OpenAI ``response`` object whose output is one message of ``text``."""
+    content = [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]
+    return {
+        "id": f"resp_upstream{uuid.uuid4().hex[:12]}", "object": "response", "created_at": int(time.time()),
+        "status": status, "model": request.get("model", "stand-in"), "parallel_tool_calls": True,
+        "tool_choice": "auto", "tools": [], "error": None, "incomplete_details": None,
+        "output": [] if status != "completed" else [
+            {"type": "message", "id": "msg_upstream1", "status": "completed", "role": "assistant",
+             "content": content}
+        ],
+        "usage": None if status != "completed" else {
+            "input_tokens": 3, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "output_tokens": len(text.split()), "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 3 + len(text.split()),
+        },
+    }  # fmt: skip
+
+
+async def _responses(request: dict[str, Any], b: Behaviour, text: str, send: Send) -> None:
+    """``POST /responses``: the response object, or with ``stream`` its typed events."""
+    if b.fail_status is not None:
+        await _error(send, b.fail_status, b.fail_message)
+        return
+    if not request.get("stream"):
+        await _json(send, 200, _response(request, text, "completed"))
+        return
+    await _start_stream(send)
+    seq = 0
+
+    async def event(kind: str, **fields: Any) -> None:
+        nonlocal seq
+        data = _encoder.encode({"type": kind, "sequence_number": seq, **fields})
+        seq += 1
+        message = b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
+        await send({"type": "http.response.body", "body": message, "more_body": True})
+
+    await event("response.created", response=_response(request, text, "in_progress"))
+    item = {
+        "type": "message",
+        "id": "msg_upstream1",
+        "status": "in_progress",
+        "role": "assistant",
+        "content": [],
+    }
+    await event("response.output_item.added", output_index=0, item=item)
+    part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+    await event(
+        "response.content_part.added", item_id="msg_upstream1", output_index=0, content_index=0, part=part
+    )
+    for i, word in enumerate(text.split(" ")):
+        await event("response.output_text.delta", item_id="msg_upstream1", output_index=0, content_index=0,
+                    delta=word if i == 0 else " " + word, logprobs=[])  # fmt: skip
+    await event("response.output_text.done", item_id="msg_upstream1", output_index=0, content_index=0,
+                text=text, logprobs=[])  # fmt: skip
+    done = _response(request, text, "completed")
+    await event("response.output_item.done", output_index=0, item=done["output"][0])
+    await event("response.completed", response=done)
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _json(send: Send, status: int, payload: object) -> None:

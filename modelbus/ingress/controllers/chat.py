@@ -23,8 +23,8 @@ from litestar.response import Stream
 
 from modelbus.config import ChatSettings
 from modelbus.ingress.disconnect import unless_disconnected
-from modelbus.ingress.errors import ApiError, error_body, error_spec, model_not_ready
-from modelbus.ingress.model_watch import give_up_when_failed
+from modelbus.ingress.errors import ApiError, error_body, error_spec, failure_error
+from modelbus.ingress.model_watch import check_model, give_up_when_failed
 from modelbus.ingress.openapi import operation_with_content, sse_media_type
 from modelbus.ingress.request_task import RequestTask
 from modelbus.ingress.view_store import ModelViewStore
@@ -34,7 +34,6 @@ from modelbus.runtime.work_queue.client import Pending, WorkQueueClient
 from modelbus.runtime.work_queue.errors import BusFailure, ReplyLost
 from modelbus.schemas.chat import CHAT, ChatChunk, ChatEnd, ChatFailure, ChatReply, ChatRequest, ChatResult
 from modelbus.schemas.openai import ChatCompletionRequest
-from modelbus.schemas.status import ModelStatus
 
 __all__ = ("chat_router",)
 
@@ -67,36 +66,9 @@ _COMPLETION_CONTENT = {
 }
 
 
-def _failure_error(failure: ChatFailure) -> ApiError:
-    """The worker's failure as it is; a model not ready yet (still loading) says when to retry."""
-    return ApiError(
-        failure.status,
-        failure.message,
-        code=failure.code or "upstream_error",
-        type_=failure.error_type,
-        param=failure.param,
-        headers={"Retry-After": "1"} if failure.code == "model_not_ready" else None,
-    )
-
-
 def _sse_error(status: int, message: str, code: str, type_: str = "server_error") -> bytes:
     body = _encoder.encode(error_body(status, message, code=code, type_=type_))
     return b"event: error\ndata: " + body + b"\n\n"
-
-
-def _check_model(views: ModelViewStore, model: str) -> None:
-    if not views.initialized:
-        raise ApiError(
-            503,
-            "the model registry has not reported yet; retry shortly",
-            code="app_not_initialized",
-            headers={"Retry-After": "1"},
-        )
-    view = views.get(model)
-    if view is None:
-        raise ApiError(404, f"The model `{model}` does not exist", code="model_not_found", param="model")
-    if view.status is not ModelStatus.READY:
-        raise model_not_ready(model, view)
 
 
 async def _events(pending: Pending[ChatReply], first: ChatReply, task: RequestTask) -> AsyncIterator[bytes]:
@@ -182,7 +154,7 @@ def chat_router(
     async def _complete(
         request: Request[Any, Any, Any], data: ChatCompletionRequest, task: RequestTask
     ) -> Response[Any]:
-        _check_model(views, data.model)
+        check_model(views, data.model)
         stream = bool(data.stream)
         include_usage = bool(stream and data.stream_options and data.stream_options.include_usage)
         # the bus id is always ours: a client's x-request-id may repeat or hold characters subjects can't
@@ -212,7 +184,7 @@ def chat_router(
             return Response(content=b"", status_code=499)
         if isinstance(first, ChatFailure):
             await pending.close(cancel=False)
-            raise _failure_error(first)
+            raise failure_error(first)
         if isinstance(first, ChatResult):
             await pending.close(cancel=False)
             data_bytes = bytes(first.data)

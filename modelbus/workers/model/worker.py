@@ -34,7 +34,7 @@ def model_info(model: ModelConfig) -> ModelInfo:
     return ModelInfo(
         owned_by=model.from_,
         datasets=model.datasets,
-        supports_responses_api=model.params.supports_responses_api,
+        supports_responses_api=True,  # POST /v1/responses serves every model (adapted or native)
         can_generate_sql=True,
     )
 

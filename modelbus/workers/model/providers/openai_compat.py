@@ -86,6 +86,7 @@ class OpenAIProvider:
         self._unix_socket = unix_socket
         self._reuse = reuse_connections
         self._url = f"{self.endpoint}/chat/completions"
+        self._responses_url = f"{self.endpoint}/responses"
         self._session: aiohttp.ClientSession | None = None
 
     def session(self) -> aiohttp.ClientSession:
@@ -122,15 +123,41 @@ class OpenAIProvider:
             failed = UpstreamResponse(response.status, body)
             raise CheckFailed(classify_response(failed), upstream_message(failed, self._api_key))
 
-    def _post(self, call: ChatCall, *, stream: bool) -> Any:
+    def _post(self, call: ChatCall, *, stream: bool, url: str | None = None) -> Any:
         body = {**call.body, "model": self.upstream_model, "stream": stream}
-        if stream and call.include_usage:
+        if stream and call.include_usage and url is None:
             body["stream_options"] = {"include_usage": True}
         elif not stream:
             body.pop("stream_options", None)
         remaining = max(0.001, call.deadline - time.time()) if call.deadline else None  # 0: no deadline
         timeout = aiohttp.ClientTimeout(total=remaining, sock_connect=self.model.params.check_timeout)
-        return self.session().post(self._url, data=_encoder.encode(body), timeout=timeout)
+        return self.session().post(url or self._url, data=_encoder.encode(body), timeout=timeout)
+
+    async def respond(self, call: ChatCall) -> bytes:
+        """A Responses API request passed through to an upstream that serves ``/responses`` itself."""
+        try:
+            async with self._post(call, stream=False, url=self._responses_url) as response:
+                body: bytes = await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise transport_error(exc, self.where) from exc
+        if response.status >= 400:
+            raise upstream_error(UpstreamResponse(response.status, body), self._api_key)
+        return body
+
+    async def respond_stream(self, call: ChatCall, emit: Emit) -> None:
+        """The upstream's Responses API events, each ``data:`` JSON passed to ``emit`` as it is."""
+        try:
+            async with self._post(call, stream=True, url=self._responses_url) as response:
+                if response.status >= 400:
+                    raise upstream_error(
+                        UpstreamResponse(response.status, await response.read()), self._api_key
+                    )
+                async for raw_line in response.content:
+                    line = raw_line.strip()
+                    if line.startswith(_DATA) and line[len(_DATA) :].strip() != _DONE:
+                        await emit(line[len(_DATA) :].strip())
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise transport_error(exc, self.where) from exc
 
     async def complete(self, call: ChatCall) -> bytes:
         try:
