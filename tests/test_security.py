@@ -90,7 +90,7 @@ async def test_every_v1_route_refuses_a_missing_or_wrong_key(nc: Client) -> None
                 assert error["code"] == "invalid_api_key", (method, path, headers)
                 assert response.headers["www-authenticate"] == "Bearer"
             for headers in ({"X-API-Key": KEYS[0]}, {"Authorization": f"Bearer {KEYS[1]}"}):
-                # past auth: a GET is answered, an empty POST body is refused by validation (no worker needed),
+                # past auth: a GET is answered, an empty POST body is refused by validation (no worker),
                 # and a response id that was never stored is not found
                 response = await http.request(method, path, json={} if body else None, headers=headers)
                 expected = 400 if body else 404 if path.startswith("/v1/responses/") else 200
