@@ -59,3 +59,49 @@ async def test_short_completion_stream_json_schema_and_cancellation(nats_server:
         with anyio.fail_after(5):
             while state.in_flight:
                 await anyio.sleep(0.02)
+
+
+async def test_responses_on_the_local_model_plain_stream_json_schema_and_a_tool_round_trip(
+    nats_server: EmbeddedNats,
+) -> None:
+    config = parse_config(LOCAL, {})
+    async with running_stack(nats_server.url, config) as stack:
+        await stack.wait_ready(MODEL, timeout=120)
+        client = stack.client()
+        plain = await client.responses.create(model=MODEL, input="Say hello.", max_output_tokens=8)
+        assert plain.status in ("completed", "incomplete") and plain.output_text
+        assert plain.usage is not None and 0 < plain.usage.output_tokens <= 8
+
+        events = [e async for e in await client.responses.create(
+            model=MODEL, input="Count to five.", max_output_tokens=12, stream=True
+        )]  # fmt: skip
+        finished = ("response.completed", "response.incomplete")
+        assert events[0].type == "response.created" and events[-1].type in finished
+        deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        assert deltas and deltas == events[-1].response.output_text
+
+        schema = {"type": "object", "properties": {"sql": {"type": "string"}}, "required": ["sql"]}
+        structured = await client.responses.create(
+            model=MODEL, input="Write SQL that counts the rows of table t.", max_output_tokens=60,
+            text={"format": {"type": "json_schema", "name": "q", "schema": schema}},
+        )  # fmt: skip
+        assert isinstance(json.loads(structured.output_text)["sql"], str)
+
+        city = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+        tool = {
+            "type": "function",
+            "name": "get_weather",
+            "description": "The weather in a city",
+            "parameters": city,
+        }
+        called = await client.responses.create(
+            model=MODEL, input="What is the weather in Paris?", tools=[tool], tool_choice="required",
+            max_output_tokens=60, temperature=0,
+        )  # fmt: skip
+        calls = [item for item in called.output if item.type == "function_call"]
+        assert calls and calls[0].name == "get_weather" and "city" in json.loads(calls[0].arguments)
+        answered = await client.responses.create(
+            model=MODEL, previous_response_id=called.id, tools=[tool], max_output_tokens=40, temperature=0,
+            input=[{"type": "function_call_output", "call_id": calls[0].call_id, "output": "sunny, 21 C"}],
+        )  # fmt: skip
+        assert answered.status in ("completed", "incomplete") and answered.output

@@ -19,7 +19,6 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 __all__ = (
-    "UNSUPPORTED_FIELDS",
     "FunctionCallItem",
     "FunctionCallOutputItem",
     "FunctionTool",
@@ -38,7 +37,7 @@ __all__ = (
 )
 
 
-class InputText(msgspec.Struct, tag="input_text", tag_field="type", forbid_unknown_fields=True):
+class InputText(msgspec.Struct, tag="input_text", tag_field="type"):
     text: str
 
 
@@ -82,14 +81,6 @@ class FunctionTool(msgspec.Struct, tag="function", tag_field="type", kw_only=Tru
     strict: bool | None = None
 
 
-# fields of OpenAI's request that modelbus knows and cannot honour: named in the 400
-UNSUPPORTED_FIELDS = (
-    "background", "conversation", "include", "prompt", "reasoning", "max_tool_calls", "top_logprobs",
-    "service_tier", "truncation", "prompt_cache_key", "prompt_cache_retention", "safety_identifier",
-    "context_management", "moderation",
-)  # fmt: skip
-
-
 class ResponsesRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The body of ``POST /v1/responses``, as far as modelbus serves it."""
 
@@ -108,6 +99,7 @@ class ResponsesRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     store: bool | None = None  # None: OpenAI's default, true
     stream: bool | None = None
     previous_response_id: str | None = None
+    include: list[str] | None = None  # extra output to include: none is served, so only [] is accepted
 
 
 class ResponsesCall(msgspec.Struct, frozen=True, kw_only=True):
@@ -186,6 +178,8 @@ def check_request(request: ResponsesRequest) -> tuple[list[InputItem], list[Func
     ``text.format``. Raises RequestProblem."""
     items = parse_input(request.input)
     tools = parse_tools(request.tools)
+    if request.include:
+        raise RequestProblem(f"include `{request.include[0]}` is not supported", "include")
     choice = request.tool_choice
     if isinstance(choice, str) and choice not in ("auto", "none", "required"):
         raise RequestProblem(f"tool_choice `{choice}` is not supported", "tool_choice")
