@@ -4,16 +4,17 @@ stand-in upstream, adapted onto chat completions or passed through to a native R
 from __future__ import annotations
 
 import json
+import socket
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from modelbus.ingress.server import IngressServer
 from modelbus.runtime.embedded_nats import EmbeddedNats
-from modelbus.runtime.nats_client import connected
-from tests.support.stack import running_stack, stand_in_config
+from tests.support.processes import modelbus_argv, service, wait_http_ok
+from tests.support.stack import FAST_RUNTIME, running_stack, stand_in_config
 from tests.support.upstream import Behaviour, UpstreamServer
 
 WEATHER = {
@@ -195,38 +196,62 @@ async def test_native_passthrough_with_this_gateways_ids(nats_server: EmbeddedNa
         ]  # fmt: skip
 
 
-async def test_a_stored_response_continues_on_another_ingress_and_only_with_its_key(
-    nats_server: EmbeddedNats,
+async def test_a_stored_response_continues_on_another_ingress_process_and_only_with_its_key(
+    nats_server: EmbeddedNats, tmp_path: Path
 ) -> None:
     keys = ("key-one-1234", "key-two-1234")
-    config = stand_in_config(
-        upstream_url := "", extra_runtime=f"  auth: {{api_keys: [{keys[0]}, {keys[1]}]}}\n"
-    )
-    del config, upstream_url
+    ports = (_free_port(), _free_port())
     async with UpstreamServer() as upstream:
-        config = stand_in_config(
-            upstream.url, extra_runtime=f"  auth: {{api_keys: [{keys[0]}, {keys[1]}]}}\n"
+        config = tmp_path / "modelbus.yaml"
+        config.write_text(
+            FAST_RUNTIME + f"  auth: {{api_keys: [{keys[0]}, {keys[1]}]}}\n"
+            f"models:\n  - name: gpt-4.1\n    from: openai:gpt-4.1\n"
+            f"    params: {{endpoint: '{upstream.url}', api_key: sk-test}}\n"
         )
-        async with (
-            running_stack(nats_server.url, config) as stack,
-            connected(config.runtime.nats, nats_server.url, name="ingress-2") as nc,
-            IngressServer(config, nc, port=0) as second,
+        common = ("--config", str(config), "--nats-url", nats_server.url)
+        with (
+            service(modelbus_argv("registry", *common), tmp_path / "registry.log"),
+            service(modelbus_argv("worker", "model", *common), tmp_path / "worker.log"),
+            service(modelbus_argv("ingress", *common, "--port", str(ports[0])), tmp_path / "ingress-1.log"),
+            service(modelbus_argv("ingress", *common, "--port", str(ports[1])), tmp_path / "ingress-2.log"),
         ):
-            await stack.wait_ready()
-            first = await stack.client(api_key=keys[0]).responses.create(model="gpt-4.1", input="Hello!")
-            other = openai.AsyncOpenAI(base_url=f"{second.url}/v1", api_key=keys[0], max_retries=0)
-            stranger = openai.AsyncOpenAI(base_url=f"{second.url}/v1", api_key=keys[1], max_retries=0)
+            clients = [
+                openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+                for port, key in ((ports[0], keys[0]), (ports[1], keys[0]), (ports[1], keys[1]))
+            ]
+            first_ingress, second_ingress, stranger = clients
             try:
-                follow = await other.responses.create(
+                for port in ports:
+                    await wait_http_ok(f"http://127.0.0.1:{port}/v1/ready")
+                first = await first_ingress.responses.create(model="gpt-4.1", input="Hello!")
+                follow = await second_ingress.responses.create(
                     model="gpt-4.1", input="Again", previous_response_id=first.id
                 )
                 assert follow.status == "completed"
-                assert len(upstream.upstream.requests[-1].body["messages"]) == 3
-                with pytest.raises(openai.NotFoundError):
+                assert [m["content"] for m in upstream.upstream.requests[-1].body["messages"]] == [
+                    "Hello!", "Hello from the stand-in.", "Again"
+                ]  # fmt: skip
+                assert (await second_ingress.responses.retrieve(first.id)).id == first.id
+                with pytest.raises(
+                    openai.NotFoundError
+                ):  # another key finds nothing, not even that it exists
                     await stranger.responses.retrieve(first.id)
                 with pytest.raises(openai.BadRequestError):
                     await stranger.responses.create(model="gpt-4.1", input="x", previous_response_id=first.id)
-                assert (await other.responses.retrieve(first.id)).id == first.id
+                models = await second_ingress.models.list()
+                assert models.data  # every model the route serves says so in its metadata
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports[1]}") as http:
+                    listed = await http.get(
+                        "/v1/models", params={"metadata_fields": "supports_responses_api"},
+                        headers={"X-API-Key": keys[0]},
+                    )  # fmt: skip
+                assert [m["metadata"]["supports_responses_api"] for m in listed.json()["data"]] == [True]
             finally:
-                await other.close()
-                await stranger.close()
+                for client in clients:
+                    await client.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
