@@ -52,7 +52,7 @@ def _minimal_body(path: str) -> dict[str, Any] | None:
         return {"model": QWEN.id, "messages": [{"role": "user", "content": "hi"}]}
     if path == "/v1/nsql":
         return {"query": "how many rows?"}
-    if path == "/v1/responses":
+    if path in ("/v1/responses", "/v1/embeddings"):
         return {"model": QWEN.id, "input": "hi"}
     return None
 
@@ -73,6 +73,7 @@ async def test_every_v1_route_refuses_a_missing_or_wrong_key(nc: Client) -> None
             "/v1/nsql",
             "/v1/responses",
             "/v1/responses/{response_id}",
+            "/v1/embeddings",
         }
         guarded = [*v1, ("GET", "/schema/openapi.json")]
         wrong_forms: list[dict[str, str]] = [
@@ -120,7 +121,7 @@ async def test_oversized_bodies_get_413_and_the_ingress_keeps_serving(nc: Client
     ):
         schema = (await http.get("/schema/openapi.json", headers=auth)).json()
         posts = [p for m, p in _operations(schema) if m == "POST"]
-        assert set(posts) == {"/v1/chat/completions", "/v1/nsql", "/v1/responses"}
+        assert set(posts) == {"/v1/chat/completions", "/v1/nsql", "/v1/responses", "/v1/embeddings"}
         filler = "x" * (limit + 1)
         for path in posts:
             body = msgspec.json.encode({**(_minimal_body(path) or {}), "padding": filler})

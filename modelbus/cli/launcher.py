@@ -3,7 +3,8 @@
 With ``runtime.nats.url: embedded`` it first starts nats-server from the venv (loopback only, data under
 the state directory) and publishes its URL in ``<state_dir>/nats.url`` so that more workers started by
 hand on this machine find it. It then starts the registry, one model worker per configured model, one
-NSQL worker when datasets are configured, the history sink (unless that NSQL worker keeps the history in
+embedding worker when embedding models are configured, one NSQL worker when datasets are configured, the
+history sink (unless that NSQL worker keeps the history in
 its embedded engine), and the ingress; a process that dies is restarted with backoff.
 SIGINT or SIGTERM stops them in reverse order (the ingress first), each within a bounded time, and then
 the server.
@@ -177,6 +178,8 @@ class Launcher:
             )
             for m in self.config.models
         ]
+        if self.config.embeddings:
+            children.append(Child("embed-worker", self._argv("worker", "embed", url=url), stop_timeout=grace))
         if self.config.datasets:
             children.append(Child("nsql-worker", self._argv("worker", "nsql", url=url), stop_timeout=grace))
         runtime = self.config.runtime

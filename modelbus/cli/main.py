@@ -48,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     _common(model_worker)
     model_worker.add_argument("--model", action="append", default=[], help="host this model (repeatable)")
     _common(worker_sub.add_parser("nsql", help="answer NSQL questions from the configured datasets"))
+    embed_worker = worker_sub.add_parser(
+        "embed", help="host embedding models (default: every configured one)"
+    )
+    _common(embed_worker)
+    embed_worker.add_argument("--model", action="append", default=[], help="host this one (repeatable)")
     _common(sub.add_parser("history", help="run the task-history sink (writes task_history to ClickHouse)"))
     check = sub.add_parser("check-config", help="validate the configuration file and exit")
     check.add_argument("--config", default=os.environ.get("MODELBUS_CONFIG", "modelbus.yaml"))
@@ -81,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit per 
         print(f"modelbus: {exc}", file=sys.stderr)
         return 2
     if args.command == "check-config":
-        print(f"{args.config}: ok ({len(config.models)} models, {len(config.datasets)} datasets)")
+        embeddings = f", {len(config.embeddings)} embedding models" if config.embeddings else ""
+        print(f"{args.config}: ok ({len(config.models)} models{embeddings}, {len(config.datasets)} datasets)")
         return 0
     if args.command == "probe":
         return _probe(args, config)
@@ -173,6 +179,17 @@ def _service(args: argparse.Namespace, config: Config, config_path: Path) -> tup
         if not config.datasets:
             raise _Refused("no datasets are configured: an NSQL worker answers from `datasets:`")
         return "nsql-worker", lambda nc: NsqlWorker(nc, config, config_dir=config_path.parent)
+    if args.kind == "embed":
+        from modelbus.workers.embed.worker import EmbedWorker
+
+        wanted = args.model or [e.name for e in config.embeddings]
+        embeddings = [e for e in config.embeddings if e.name in wanted]
+        if not embeddings or len(embeddings) != len(set(wanted)):
+            known = [e.name for e in config.embeddings]
+            raise _Refused(
+                f"no such embedding model(s) among {known}: {', '.join(wanted) or '(none configured)'}"
+            )
+        return "embed-worker", lambda nc: EmbedWorker(nc, config, embeddings, environ=os.environ)
     from modelbus.workers.model.worker import ModelWorker
 
     names = args.model or [m.name for m in config.models]

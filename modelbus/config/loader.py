@@ -169,8 +169,39 @@ def _check_models(config: Config, source: str) -> None:
                 )
 
 
+EMBEDDING_PROVIDERS = ("local", "openai")
+
+
+def _check_embeddings(config: Config, source: str) -> None:
+    """Embedding models: named once among every model, from a provider that embeds, datasets defined."""
+    taken = [m.name for m in config.models]
+    dataset_names = {d.name for d in config.datasets}
+    for i, model in enumerate(config.embeddings):
+        key = f"embeddings[{i}]"
+        if not model.name.strip():
+            raise ConfigError(source, f"{key}.name", "an embedding model needs a name", "set `name:`")
+        if model.name in taken:
+            raise ConfigError(
+                source, f"{key}.name", f"model `{model.name}` is defined twice (models and embeddings share "
+                "one namespace: /v1/models lists both)", "rename one",
+            )  # fmt: skip
+        taken.append(model.name)
+        if model.provider not in EMBEDDING_PROVIDERS or not model.provider_model:
+            raise ConfigError(
+                source, f"{key}.from", f"`{model.from_}` is not a supported embedding model source",
+                f"use `<provider>:<model>` with provider one of {', '.join(EMBEDDING_PROVIDERS)}",
+            )  # fmt: skip
+        for dataset in model.datasets:
+            if dataset not in dataset_names:
+                raise ConfigError(
+                    source, f"{key}.datasets", f"dataset `{dataset}` is not defined",
+                    "add it under `datasets:`",
+                )  # fmt: skip
+
+
 def _check(config: Config, source: str) -> None:
     _check_models(config, source)
+    _check_embeddings(config, source)
     names = [m.name for m in config.models]
     nats = config.runtime.nats
     given = [k for k in ("token", "creds_file") if getattr(nats, k)] + (["user"] if nats.user else [])

@@ -17,6 +17,9 @@ __all__ = (
     "Config",
     "DatasetConfig",
     "DatasetExample",
+    "EmbedSettings",
+    "EmbeddingConfig",
+    "EmbeddingParams",
     "HeartbeatSettings",
     "HistorySettings",
     "HttpSettings",
@@ -169,6 +172,14 @@ class HistorySettings(_Section, frozen=True):
     max_bytes: PositiveInt = 1024 * 1024 * 1024
 
 
+class EmbedSettings(QueueSettings, frozen=True):
+    """Embedding requests: one bounded work queue per embedding model, and what one request may ask."""
+
+    request_timeout: Seconds = 60.0
+    max_inputs: PositiveInt = 2048  # inputs per request (OpenAI's limit); beyond it: 400
+    max_tokens: PositiveInt = 300_000  # tokens per request, all inputs together (OpenAI's); beyond it: 400
+
+
 class ResponsesSettings(_Section, frozen=True):
     """``POST /v1/responses``: how long a stored response (``store: true``) is kept, for
     ``previous_response_id`` and ``GET /v1/responses/{id}`` (OpenAI keeps them 30 days)."""
@@ -186,6 +197,7 @@ class RuntimeSettings(_Section, frozen=True):
     chat: ChatSettings = ChatSettings()
     history: HistorySettings = HistorySettings()
     responses: ResponsesSettings = ResponsesSettings()
+    embed: EmbedSettings = EmbedSettings()
     state_dir: str = ".modelbus"
     shutdown_grace: Seconds = 10.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -235,6 +247,41 @@ class ModelConfig(_Section, frozen=True):
         return self.from_.partition(":")[2]
 
 
+class EmbeddingParams(_Section, frozen=True):
+    """Per-embedding-model parameters."""
+
+    capacity: PositiveInt = 4  # engine calls one worker runs at once for this model
+    max_batch: PositiveInt = 32  # inputs in one engine call: concurrent requests are joined up to this
+    batch_wait: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.002  # seconds to wait for more to join
+    dimensions: bool = False  # whether the model takes `dimensions` (OpenAI's text-embedding-3 do)
+    # openai provider
+    endpoint: str = "https://api.openai.com/v1"
+    api_key: str | None = None
+    openai_api_key: str | None = None  # the spicepod spelling of api_key
+    check_timeout: Seconds = 10.0
+    recheck_initial: Seconds = 1.0
+    recheck_max: Seconds = 60.0
+
+
+class EmbeddingConfig(_Section, frozen=True):
+    """One embedding model (Spice's ``embeddings:``): ``from: openai:<model>``, or ``local:<catalog name>``
+    (``local:multilingual-e5-small``)."""
+
+    name: str
+    from_: str = msgspec.field(name="from")
+    description: str | None = None
+    datasets: tuple[str, ...] = ()  # the datasets it embeds (listed in /v1/models)
+    params: EmbeddingParams = EmbeddingParams()
+
+    @property
+    def provider(self) -> str:
+        return self.from_.partition(":")[0]
+
+    @property
+    def provider_model(self) -> str:
+        return self.from_.partition(":")[2]
+
+
 class DatasetExample(_Section, frozen=True):
     """A worked example for NSQL prompts: a question about the dataset and the SQL that answers it."""
 
@@ -259,7 +306,11 @@ class Config(_Section, frozen=True):
     name: str = "modelbus"
     runtime: RuntimeSettings = RuntimeSettings()
     models: tuple[ModelConfig, ...] = ()
+    embeddings: tuple[EmbeddingConfig, ...] = ()
     datasets: tuple[DatasetConfig, ...] = ()
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)
+
+    def embedding(self, name: str) -> EmbeddingConfig | None:
+        return next((m for m in self.embeddings if m.name == name), None)

@@ -13,6 +13,7 @@ from litestar import Litestar
 from modelbus.config import Config
 from modelbus.ingress.auth import ApiKeyAuth
 from modelbus.ingress.controllers.chat import chat_router
+from modelbus.ingress.controllers.embeddings import embeddings_router
 from modelbus.ingress.controllers.events import events_router
 from modelbus.ingress.controllers.health import health_router
 from modelbus.ingress.controllers.metrics import metrics_router
@@ -43,6 +44,15 @@ def create_app(
     recorder = recorder or TaskRecorder(client.nc, config.runtime.history, component="ingress")
     api_keys = config.runtime.auth.api_keys
     security = API_KEY_SECURITY if api_keys else None
+    embedding = frozenset(e.name for e in config.embeddings)
+    optional = []  # served only with what they need
+    if responses is not None:
+        optional.append(
+            responses_router(
+                views, client, responses, config.runtime.chat, recorder, security=security,
+                embedding_models=embedding,
+            )
+        )  # fmt: skip
     depths = QueueDepths(client.nc.jetstream(), views)
     metrics = IngressMetrics(views, depths)
     app = Litestar(
@@ -50,13 +60,12 @@ def create_app(
             health_router(views),
             models_router(views, security=security),
             events_router(views, security=security),
-            chat_router(views, client, config.runtime.chat, recorder, security=security),
-            nsql_router(config, views, client, recorder, security=security),
-            *(
-                [responses_router(views, client, responses, config.runtime.chat, recorder, security=security)]
-                if responses is not None
-                else []
+            chat_router(
+                views, client, config.runtime.chat, recorder, security=security, embedding_models=embedding
             ),
+            embeddings_router(config, views, client, recorder, security=security),
+            nsql_router(config, views, client, recorder, security=security),
+            *optional,
             metrics_router(metrics),
         ],
         exception_handlers=EXCEPTION_HANDLERS,

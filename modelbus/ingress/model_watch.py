@@ -16,7 +16,7 @@ from modelbus.ingress.view_store import ModelViewStore
 from modelbus.runtime.work_queue.client import GiveUp
 from modelbus.schemas.status import ModelStatus
 
-__all__ = ("check_model", "give_up_when_failed")
+__all__ = ("check_chat_model", "check_model", "give_up_when_failed", "refuse_embedding_model")
 
 
 def give_up_when_failed(views: ModelViewStore, model: str, *, grace: float) -> GiveUp:
@@ -34,6 +34,21 @@ def give_up_when_failed(views: ModelViewStore, model: str, *, grace: float) -> G
         return model_not_ready(model, view) if now - failing_since >= grace else None
 
     return check
+
+
+def refuse_embedding_model(model: str, embedding_models: frozenset[str]) -> None:
+    """An embedding model answers only ``POST /v1/embeddings``: a chat or response for it is a 400."""
+    if model in embedding_models:
+        raise ApiError(
+            400, f"`{model}` is an embedding model: use POST /v1/embeddings", code="model_not_supported",
+            param="model",
+        )  # fmt: skip
+
+
+def check_chat_model(views: ModelViewStore, model: str, embedding_models: frozenset[str]) -> None:
+    """:func:`check_model` for a chat or a response: an embedding model is refused first."""
+    refuse_embedding_model(model, embedding_models)
+    check_model(views, model)
 
 
 def check_model(views: ModelViewStore, model: str) -> None:

@@ -29,6 +29,7 @@ from modelbus.runtime.jetstream import response_store
 from modelbus.runtime.tasks.recorder import TaskRecorder
 from modelbus.runtime.work_queue.client import WorkQueueClient
 from modelbus.schemas.chat import CHAT
+from modelbus.schemas.embeddings import EMBED
 from modelbus.schemas.jobs import JobKind
 from modelbus.schemas.nsql import NSQL
 
@@ -111,7 +112,11 @@ class IngressServer:
             views = ModelViewStore(self._nc, expect_models=bool(self._config.models))
             self._views = await stack.enter_async_context(views)
             runtime = self._config.runtime
-            queues: dict[JobKind[Any, Any], QueueSettings] = {CHAT: runtime.chat, NSQL: runtime.nsql}
+            queues: dict[JobKind[Any, Any], QueueSettings] = {
+                CHAT: runtime.chat,
+                NSQL: runtime.nsql,
+                EMBED: runtime.embed,
+            }
             self._client = await stack.enter_async_context(WorkQueueClient(self._nc, queues))
             recorder = TaskRecorder(
                 self._nc, runtime.history, component="ingress", worker_id=self._client.client_id

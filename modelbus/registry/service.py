@@ -105,6 +105,9 @@ class Registry:
                 supports_responses_api=True,  # POST /v1/responses serves every model
             )
             for m in config.models
+        } | {
+            e.name: ModelInfo(owned_by=e.from_, datasets=e.datasets, supports_responses_api=False)
+            for e in config.embeddings
         }
         self._table = WorkerTable(ttl=self._ttl, clock=clock)
         self._decoder = worker_report_decoder()

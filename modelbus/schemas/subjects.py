@@ -14,6 +14,7 @@ import re
 __all__ = (
     "CANCEL_WILDCARD",
     "CHAT_STREAM",
+    "EMBED_STREAM",
     "EVENTS_STREAM",
     "HEARTBEAT_WILDCARD",
     "MODEL_VIEWS_BUCKET",
@@ -27,6 +28,7 @@ __all__ = (
     "cancel_subject",
     "chat_subject",
     "decode_token",
+    "embed_subject",
     "encode_token",
     "event_subject",
     "events_wildcard",
@@ -39,6 +41,7 @@ MODEL_VIEWS_BUCKET = "modelbus_models"
 RESPONSES_BUCKET = "modelbus_responses"  # stored responses (POST /v1/responses with store: true)
 EVENTS_STREAM = "MODELBUS_EVENTS"
 CHAT_STREAM = "MODELBUS_CHAT"
+EMBED_STREAM = "MODELBUS_EMBED"
 NSQL_STREAM = "MODELBUS_NSQL"
 TASKS_STREAM = "MODELBUS_TASKS"
 NSQL_SUBJECT = f"{PREFIX}.nsql"
@@ -91,6 +94,11 @@ def events_wildcard() -> str:
 def chat_subject(model: str) -> str:
     """The work queue of one model's chat requests."""
     return f"{PREFIX}.chat.{encode_token(model)}"
+
+
+def embed_subject(model: str) -> str:
+    """The work queue of one embedding model's requests."""
+    return f"{PREFIX}.embed.{encode_token(model)}"
 
 
 def cancel_subject(request_id: str) -> str:

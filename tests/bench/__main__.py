@@ -1,5 +1,6 @@
-"""``just bench``: every benchmark, one after the other (``--seconds`` per measured run of the chat and NSQL
-benchmarks; ``--tokens``, ``--concurrency`` and ``--rounds`` for the local generation benchmark)."""
+"""``just bench``: every benchmark, one after the other (``--seconds`` per measured run of the chat, NSQL and
+embeddings benchmarks; ``--tokens``, ``--concurrency`` and ``--rounds`` for the local generation
+benchmark)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ if __name__ == "__main__":
         "tests.bench.chat": ("--seconds", args.seconds),
         "tests.bench.nsql": ("--seconds", args.seconds),
         "tests.bench.local": local,
+        "tests.bench.embed": ("--seconds", args.seconds),
     }
     for module, options in runs.items():
         subprocess.run([sys.executable, "-m", module, *options], check=True)

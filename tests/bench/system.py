@@ -25,6 +25,7 @@ SERVICES: Mapping[str, tuple[str, ...]] = {
     "registry": ("registry",),
     "model worker": ("worker", "model"),
     "nsql worker": ("worker", "nsql"),
+    "embed worker": ("worker", "embed"),
     "ingress": ("ingress",),
 }
 

@@ -12,6 +12,7 @@ Run it alone with ``python -m tests.support.upstream --port N``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -136,6 +137,15 @@ class Upstream:
             seen = Seen(body=msgspec.json.decode(body), started=time.time())
             self.requests.append(seen)
             await _responses(seen.body, b, self._reply_text(b), send)
+            seen.ended = time.time()
+            return
+        if path.endswith("/embeddings") and method == "POST":
+            seen = Seen(body=msgspec.json.decode(body), started=time.time())
+            self.requests.append(seen)
+            if b.fail_status is not None:
+                await _error(send, b.fail_status, b.fail_message, b.wire)
+            else:
+                await _json(send, 200, _embeddings(seen.body))
             seen.ended = time.time()
             return
         if path.endswith("/models") and method == "GET":
@@ -336,6 +346,29 @@ async def _stream(request: dict[str, Any], b: Behaviour, reply: str, send: Send)
             }
         )
     await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+
+EMBEDDING_DIMENSIONS = 8
+
+
+def embedding_of(text: str, dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
+    """The stand-in's vector for ``text``: deterministic, from its hash (not meaningful)."""
+    digest = hashlib.sha256(text.encode()).digest()
+    return [round((digest[i % len(digest)] - 128) / 128, 6) for i in range(dimensions)]
+
+
+def _embeddings(request: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's ``/embeddings`` answer, one vector per input (a token array is embedded as its digits)."""
+    inputs = request["input"] if isinstance(request["input"], list) else [request["input"]]
+    dimensions = request.get("dimensions") or EMBEDDING_DIMENSIONS
+    texts = [i if isinstance(i, str) else " ".join(map(str, i)) for i in inputs]
+    data = [
+        {"object": "embedding", "index": n, "embedding": embedding_of(t, dimensions)}
+        for n, t in enumerate(texts)
+    ]
+    tokens = sum(len(t.split()) for t in texts)
+    return {"object": "list", "data": data, "model": request.get("model"),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip
 
 
 def _response(request: dict[str, Any], text: str, status: str) -> dict[str, Any]:

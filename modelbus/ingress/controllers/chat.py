@@ -24,7 +24,7 @@ from litestar.response import Stream
 from modelbus.config import ChatSettings
 from modelbus.ingress.disconnect import unless_disconnected
 from modelbus.ingress.errors import ApiError, error_body, error_spec, failure_error
-from modelbus.ingress.model_watch import check_model, give_up_when_failed
+from modelbus.ingress.model_watch import check_chat_model, give_up_when_failed
 from modelbus.ingress.openapi import operation_with_content, sse_media_type
 from modelbus.ingress.request_task import RequestTask
 from modelbus.ingress.view_store import ModelViewStore
@@ -116,6 +116,7 @@ def chat_router(
     recorder: TaskRecorder,
     *,
     security: list[SecurityRequirement] | None,
+    embedding_models: frozenset[str] = frozenset(),
 ) -> Router:
     errors = {
         400: error_spec("Malformed or invalid request"),
@@ -154,7 +155,7 @@ def chat_router(
     async def _complete(
         request: Request[Any, Any, Any], data: ChatCompletionRequest, task: RequestTask
     ) -> Response[Any]:
-        check_model(views, data.model)
+        check_chat_model(views, data.model, embedding_models)
         stream = bool(data.stream)
         include_usage = bool(stream and data.stream_options and data.stream_options.include_usage)
         # the bus id is always ours: a client's x-request-id may repeat or hold characters subjects can't

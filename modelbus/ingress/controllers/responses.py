@@ -31,7 +31,7 @@ from modelbus.config import ChatSettings
 from modelbus.ingress.auth import key_owner
 from modelbus.ingress.disconnect import unless_disconnected
 from modelbus.ingress.errors import ApiError, error_spec, failure_error
-from modelbus.ingress.model_watch import check_model, give_up_when_failed
+from modelbus.ingress.model_watch import check_chat_model, give_up_when_failed
 from modelbus.ingress.openapi import operation_with_content, sse_media_type
 from modelbus.ingress.request_task import RequestTask
 from modelbus.ingress.response_store import ResponseStore, new_response_id
@@ -192,6 +192,7 @@ def responses_router(
     recorder: TaskRecorder,
     *,
     security: list[SecurityRequirement] | None,
+    embedding_models: frozenset[str] = frozenset(),
 ) -> Router:
     errors = {
         400: error_spec("Malformed or unsupported request (the field, item or tool is named)"),
@@ -232,7 +233,7 @@ def responses_router(
             items, _tools = check_request(data)
         except RequestProblem as exc:
             raise _problem(exc) from exc
-        check_model(views, data.model)
+        check_chat_model(views, data.model, embedding_models)
         owner = key_owner(request.state)
         history: list[InputItem] = []
         if data.previous_response_id:

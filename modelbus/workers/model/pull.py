@@ -21,6 +21,7 @@ import httpx
 
 from modelbus.config import ConfigError, load_config
 from modelbus.config.model import ModelConfig
+from modelbus.workers.embed.catalog import EMBEDDING_CATALOG, fetch_engine
 from modelbus.workers.model.catalog import (
     BLOCK,
     CATALOG,
@@ -213,24 +214,33 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         say(str(exc))
         return 2
-    local = [m for m in config.models if m.provider == "local"]
-    if args.model is not None:
-        local = [m for m in local if m.name == args.model]
-        if not local:
-            names = ", ".join(m.name for m in config.models if m.provider == "local") or "none"
-            say(f"{args.config}: no local model named {args.model} (local models: {names})")
-            return 2
+    local = [m for m in config.models if m.provider == "local" and args.model in (None, m.name)]
+    embeddings = [e for e in config.embeddings if e.provider == "local" and args.model in (None, e.name)]
+    if args.model is not None and not local and not embeddings:
+        names = [m.name for m in config.models if m.provider == "local"]
+        names += [e.name for e in config.embeddings if e.provider == "local"]
+        say(f"{args.config}: no local model named {args.model} (local models: {', '.join(names) or 'none'})")
+        return 2
     if args.url and len(local) > 1:
         say("--url names one file: add --model NAME to say which model it is for")
         return 2
-    if not local:
+    if not local and not embeddings:
         say(f"{args.config}: no local models to pull")
         return 0
     cache_dir = model_cache_dir(os.environ)
     try:
         for model in local:
             _pull_one(model, cache_dir, args.url)
-    except (PullError, OSError) as exc:
+        for embedding in embeddings:
+            entry = EMBEDDING_CATALOG.get(embedding.provider_model)
+            if entry is None:
+                known = ", ".join(sorted(EMBEDDING_CATALOG))
+                raise PullError(
+                    f"embedding model {embedding.name}: no local model `{embedding.provider_model}` "
+                    f"(known: {known})"
+                )
+            fetch_engine(entry)
+    except (FetchError, OSError) as exc:
         say(f"pull failed: {exc}")
         return 2
     return 0

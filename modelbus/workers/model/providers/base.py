@@ -81,7 +81,15 @@ class Provider(Protocol):
         """Release what the provider holds (HTTP clients, engine processes)."""
 
 
-async def keep_ready(provider: Provider, *, initial_backoff: float, max_backoff: float) -> None:
+class Checkable(Protocol):
+    """What :func:`keep_ready` needs of a backend: its state, and a real check (chat or embeddings)."""
+
+    state: ModelState
+
+    async def check(self) -> None: ...
+
+
+async def keep_ready(provider: Checkable, *, initial_backoff: float, max_backoff: float) -> None:
     """Check the provider until it passes, backing off (with jitter) between failed checks.
 
     The state goes ``loading`` → ``ready``, or ``error`` and back to ``ready`` on its own once the cause

@@ -1,0 +1,128 @@
+"""Embeddings from an OpenAI-compatible ``/embeddings`` endpoint (OpenAI itself, or any server speaking it).
+
+One call embeds a batch of inputs; the answer's vectors come back in input order (by ``index``) with the
+batch's ``prompt_tokens``. Failures are classified as chat's are
+(:mod:`modelbus.workers.model.providers.errors`), so an embedding model's status and a client's error read the
+same.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from modelbus.config import EmbeddingConfig
+from modelbus.workers.model.providers.base import CheckFailed
+from modelbus.workers.model.providers.errors import (
+    UpstreamResponse,
+    classify_response,
+    classify_transport,
+    transport_error,
+    upstream_error,
+    upstream_message,
+)
+from modelbus.workers.model.state import ModelState
+
+__all__ = ("Embedded", "OpenAIEmbedder")
+
+_encoder = msgspec.json.Encoder()
+
+
+class _Item(msgspec.Struct):
+    index: int
+    embedding: list[float]
+
+
+class _Usage(msgspec.Struct, frozen=True):
+    prompt_tokens: int = 0
+
+
+class _Answer(msgspec.Struct):
+    data: list[_Item]
+    usage: _Usage = _Usage()
+
+
+_answer = msgspec.json.Decoder(_Answer)
+
+
+class Embedded(msgspec.Struct, frozen=True):
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+class OpenAIEmbedder:
+    def __init__(self, model: EmbeddingConfig, state: ModelState) -> None:
+        self.model = model
+        self.state = state
+        params = model.params
+        key = params.api_key or params.openai_api_key
+        self._key = key or None
+        self._headers = {
+            "Content-Type": "application/json",
+            **({"Authorization": f"Bearer {key}"} if key else {}),
+        }
+        self.endpoint = params.endpoint.rstrip("/")
+        self._url = f"{self.endpoint}/embeddings"
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self.state.capacity + 2, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
+        return self._session
+
+    async def check(self) -> None:
+        """One real embedding, proving the endpoint, the key and the model name."""
+        timeout = aiohttp.ClientTimeout(total=self.model.params.check_timeout)
+        body = {"model": self.model.provider_model, "input": ["ping"]}
+        try:
+            async with self._client().post(
+                self._url, data=_encoder.encode(body), timeout=timeout
+            ) as response:
+                data = await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise CheckFailed(
+                classify_transport(exc), f"{type(exc).__name__} calling {self.endpoint}"
+            ) from exc
+        if response.status >= 400:
+            failed = UpstreamResponse(response.status, data)
+            raise CheckFailed(classify_response(failed), upstream_message(failed, self._key))
+
+    async def embed(
+        self, inputs: list[Any], *, dimensions: int | None, user: str | None, deadline: float
+    ) -> Embedded:
+        body: dict[str, Any] = {
+            "model": self.model.provider_model,
+            "input": inputs,
+            "encoding_format": "float",
+        }
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        if user is not None:
+            body["user"] = user
+        timeout = aiohttp.ClientTimeout(
+            total=max(0.001, deadline - time.time()), sock_connect=self.model.params.check_timeout
+        )
+        try:
+            async with self._client().post(
+                self._url, data=_encoder.encode(body), timeout=timeout
+            ) as response:
+                data = await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise transport_error(exc, self.endpoint) from exc
+        if response.status >= 400:
+            raise upstream_error(UpstreamResponse(response.status, data), self._key)
+        try:
+            answer = _answer.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise upstream_error(UpstreamResponse(502, data), self._key) from exc
+        items = sorted(answer.data, key=lambda item: item.index)
+        return Embedded(vectors=[item.embedding for item in items], prompt_tokens=answer.usage.prompt_tokens)
+
+    async def aclose(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
