@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import signal
 import struct
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -249,3 +250,38 @@ async def test_the_local_model_embeds_meaning_deterministically(nats_server: Emb
         gare, revenue
     )  # across languages
     assert answer.usage.prompt_tokens > len(texts)
+
+
+@pytest.mark.slow
+async def test_a_killed_local_engine_turns_the_model_error_then_ready_again(
+    nats_server: EmbeddedNats,
+) -> None:
+    config = parse_config(
+        FAST_RUNTIME + f"embeddings:\n  - name: {LOCAL}\n    from: local:multilingual-e5-small\n"
+        "    params: {recheck_initial: 0.1, recheck_max: 0.5}\n",
+        {},
+    )
+    async with embedding_stack(nats_server.url, config, model=LOCAL) as system:
+        embedder = system.worker.embedders[LOCAL]
+        first = embedder.pid  # type: ignore[union-attr]
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        async with httpx.AsyncClient(base_url=system.ingress.url) as http:
+
+            async def status() -> dict[str, object]:
+                view: dict[str, object] = (
+                    await http.get(f"/v1/models/{LOCAL}", params={"status": "true"})
+                ).json()
+                return view
+
+            with anyio.fail_after(30):
+                while (view := await status())["status"] != "error":
+                    await anyio.sleep(0.05)
+            assert view["error"] == {"category": "model", "type": "internal", "code": "model.internal"}
+            assert "killed by SIGKILL" in str(view["error_message"])
+            with anyio.fail_after(60):
+                while (await status())["status"] != "ready":
+                    await anyio.sleep(0.05)
+            answer = await http.post("/v1/embeddings", json={"model": LOCAL, "input": "back again"})
+        assert answer.status_code == 200 and len(answer.json()["data"][0]["embedding"]) == 384
+        assert embedder.pid not in (None, first)  # type: ignore[union-attr]

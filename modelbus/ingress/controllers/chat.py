@@ -22,8 +22,8 @@ from litestar.params import Body
 from litestar.response import Stream
 
 from modelbus.config import ChatSettings
-from modelbus.ingress.disconnect import unless_disconnected
-from modelbus.ingress.errors import ApiError, error_body, error_spec, failure_error
+from modelbus.ingress.chat_jobs import chat_job_errors, first_reply
+from modelbus.ingress.errors import error_body
 from modelbus.ingress.model_watch import check_chat_model, give_up_when_failed
 from modelbus.ingress.openapi import operation_with_content, sse_media_type
 from modelbus.ingress.request_task import RequestTask
@@ -118,17 +118,7 @@ def chat_router(
     security: list[SecurityRequirement] | None,
     embedding_models: frozenset[str] = frozenset(),
 ) -> Router:
-    errors = {
-        400: error_spec("Malformed or invalid request"),
-        404: error_spec("Unknown model"),
-        413: error_spec("The request body is too large"),
-        429: error_spec("The model's queue is full (see Retry-After)"),
-        502: error_spec("The upstream provider failed"),
-        503: error_spec("The model has no ready worker, or the bus is unavailable"),
-        504: error_spec("The deadline passed"),
-    }
-    if security:
-        errors[401] = error_spec("Missing or invalid API key")
+    errors = chat_job_errors(security)
 
     @post(
         "/chat/completions",
@@ -171,23 +161,10 @@ def chat_router(
         )
         give_up = give_up_when_failed(views, data.model, grace=settings.error_grace)
         pending = await client.submit(CHAT, job, queue=data.model, give_up=give_up)
-        try:
-            first = await unless_disconnected(request, pending.next)
-        except (BusFailure, ApiError):
-            await pending.close(cancel=True)  # a queued request is then never started
-            raise
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await pending.close(cancel=True)
-            raise
+        first = await first_reply(request, pending)
         if first is None:  # the client left; nobody will read a response
-            await pending.close(cancel=True)
             return Response(content=b"", status_code=499)
-        if isinstance(first, ChatFailure):
-            await pending.close(cancel=False)
-            raise failure_error(first)
         if isinstance(first, ChatResult):
-            await pending.close(cancel=False)
             data_bytes = bytes(first.data)
             task.add_completion(data_bytes)
             return Response(content=data_bytes, media_type=MediaType.JSON)

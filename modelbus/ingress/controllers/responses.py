@@ -29,8 +29,8 @@ from litestar.response import Stream
 
 from modelbus.config import ChatSettings
 from modelbus.ingress.auth import key_owner
-from modelbus.ingress.disconnect import unless_disconnected
-from modelbus.ingress.errors import ApiError, error_spec, failure_error
+from modelbus.ingress.chat_jobs import chat_job_errors, first_reply
+from modelbus.ingress.errors import ApiError, error_spec
 from modelbus.ingress.model_watch import check_chat_model, give_up_when_failed
 from modelbus.ingress.openapi import operation_with_content, sse_media_type
 from modelbus.ingress.request_task import RequestTask
@@ -194,17 +194,8 @@ def responses_router(
     security: list[SecurityRequirement] | None,
     embedding_models: frozenset[str] = frozenset(),
 ) -> Router:
-    errors = {
-        400: error_spec("Malformed or unsupported request (the field, item or tool is named)"),
-        404: error_spec("Unknown model"),
-        413: error_spec("The request body is too large"),
-        429: error_spec("The model's queue is full (see Retry-After)"),
-        502: error_spec("The upstream provider failed"),
-        503: error_spec("The model has no ready worker, or the bus is unavailable"),
-        504: error_spec("The deadline passed"),
-    }
-    if security:
-        errors[401] = error_spec("Missing or invalid API key")
+    errors = chat_job_errors(security)
+    errors[400] = error_spec("Malformed or unsupported request (the field, item or tool is named)")
 
     @post(
         "/responses",
@@ -257,20 +248,10 @@ def responses_router(
         answer = _Answer(store, call, task, owner)
         give_up = give_up_when_failed(views, data.model, grace=settings.error_grace)
         pending = await client.submit(CHAT, job, queue=data.model, give_up=give_up)
-        try:
-            first = await unless_disconnected(request, pending.next)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await pending.close(cancel=True)
-            raise
+        first = await first_reply(request, pending)
         if first is None:  # the client left
-            await pending.close(cancel=True)
             return Response(content=b"", status_code=499)
-        if isinstance(first, ChatFailure):
-            await pending.close(cancel=False)
-            raise failure_error(first)
         if isinstance(first, ChatResult):
-            await pending.close(cancel=False)
             await answer.finish(bytes(first.data))
             return Response(content=bytes(first.data), media_type=MediaType.JSON)
         return Stream(_events(answer, pending, first), media_type="text/event-stream", headers=SSE_HEADERS)

@@ -18,7 +18,7 @@ ends); :class:`JobConsumer` does the rest, the same for every kind:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
@@ -36,9 +36,10 @@ from modelbus.runtime.tasks.span import TaskSpan, outcome_of
 from modelbus.runtime.work_queue.cancellation import Cancellations
 from modelbus.runtime.work_queue.errors import JobFailed
 from modelbus.runtime.work_queue.reader import SlotConsumer
+from modelbus.runtime.worker import WorkerRuntime
 from modelbus.schemas.jobs import CommitPoint, JobKind, JobReply, JobRequest, Keepalive
 
-__all__ = ("Job", "JobConsumer", "JobHandler")
+__all__ = ("Job", "JobConsumer", "JobHandler", "drain")
 
 log = structlog.get_logger(__name__)
 _encoder = msgspec.json.Encoder()
@@ -303,6 +304,21 @@ class JobConsumer(Generic[Req]):
                 await job.keepalive()
             except nats.errors.Error as exc:
                 log.warning(f"{self.kind.name}.keepalive_failed", error=type(exc).__name__)
+
+
+async def drain(consumers: Iterable[JobConsumer[Any]], runtime: WorkerRuntime, *, grace: float) -> int:
+    """A worker's shutdown: take no new jobs, tell each client what is still held (so it is not given up when
+    the model leaves the view), say goodbye, and let running jobs finish within ``grace``. How many were
+    still running when the grace ran out (they are then handed back or told the worker stopped)."""
+    consumers = list(consumers)
+    for consumer in consumers:
+        consumer.stop_intake()
+        await consumer.announce_held()
+    await runtime.goodbye()
+    with anyio.move_on_after(grace, shield=True):
+        for consumer in consumers:
+            await consumer.wait_idle()
+    return sum(consumer.in_flight for consumer in consumers)
 
 
 def _queued_ms(request: JobRequest, started: float) -> float | None:

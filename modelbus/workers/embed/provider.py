@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import aiohttp
+import anyio
 import msgspec
 
 from modelbus.config import EmbeddingConfig
@@ -121,6 +122,11 @@ class OpenAIEmbedder:
             raise upstream_error(UpstreamResponse(502, data), self._key) from exc
         items = sorted(answer.data, key=lambda item: item.index)
         return Embedded(vectors=[item.embedding for item in items], prompt_tokens=answer.usage.prompt_tokens)
+
+    async def watch(self) -> CheckFailed:
+        """A remote model is checked again only when a request shows it cannot serve: nothing to watch."""
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
         session, self._session = self._session, None

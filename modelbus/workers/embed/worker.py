@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
-from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -21,7 +20,7 @@ from nats.aio.client import Client
 from modelbus.config import Config, EmbeddingConfig
 from modelbus.runtime.tasks.recorder import TaskRecorder
 from modelbus.runtime.work_queue.cancellation import Cancellations
-from modelbus.runtime.work_queue.consumer import JobConsumer
+from modelbus.runtime.work_queue.consumer import JobConsumer, drain
 from modelbus.runtime.worker import WorkerRuntime
 from modelbus.schemas.embeddings import EMBED, EmbedRequest
 from modelbus.schemas.heartbeat import ModelInfo
@@ -114,15 +113,17 @@ class EmbedWorker:
             "history": self.recorder.stats(),
         }
 
+    async def _keep_ready(self, name: str) -> None:
+        """Bring the model to ready; each time its engine stops serving, report it and do so again."""
+        embedder, params, state = self.embedders[name], self.models[name].params, self.states[name]
+        while True:
+            await keep_ready(embedder, initial_backoff=params.recheck_initial, max_backoff=params.recheck_max)
+            lost = await embedder.watch()
+            state.set_error(lost.error, lost.message)
+
     async def _drain(self) -> None:
-        for consumer in self.consumers.values():
-            consumer.stop_intake()
-            await consumer.announce_held()
-        await self.runtime.goodbye()
-        with anyio.move_on_after(self.config.runtime.shutdown_grace, shield=True) as scope:
-            for consumer in self.consumers.values():
-                await consumer.wait_idle()
-        log.info("embed_worker.drained", timed_out=scope.cancelled_caught)
+        running = await drain(self.consumers.values(), self.runtime, grace=self.config.runtime.shutdown_grace)
+        log.info("embed_worker.drained", timed_out=running > 0, still_running=running)
 
     async def __aenter__(self) -> EmbedWorker:
         async with AsyncExitStack() as stack:
@@ -135,13 +136,8 @@ class EmbedWorker:
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
             stack.push_async_callback(self._drain)
-            for name, model in self.models.items():
-                params = model.params
-                checks = partial(
-                    keep_ready, self.embedders[name], initial_backoff=params.recheck_initial,
-                    max_backoff=params.recheck_max,
-                )  # fmt: skip
-                tg.start_soon(checks, name=f"keep_ready:{name}")
+            for name in self.models:
+                tg.start_soon(self._keep_ready, name, name=f"keep_ready:{name}")
                 await tg.start(self.batchers[name].run, name=f"batcher:{name}")
                 await tg.start(self.consumers[name].run, name=f"embed:{name}")
             self._stack = stack.pop_all()

@@ -15,7 +15,7 @@ from nats.aio.client import Client
 from modelbus.config import Config, ModelConfig
 from modelbus.runtime.tasks.recorder import TaskRecorder
 from modelbus.runtime.work_queue.cancellation import Cancellations
-from modelbus.runtime.work_queue.consumer import JobConsumer
+from modelbus.runtime.work_queue.consumer import JobConsumer, drain
 from modelbus.runtime.worker import WorkerRuntime
 from modelbus.schemas.chat import CHAT, ChatRequest
 from modelbus.schemas.heartbeat import ModelInfo
@@ -122,15 +122,8 @@ class ModelWorker:
 
     async def _drain(self) -> None:
         """Take no new requests, leave the registry, and let running ones finish (bounded by the grace)."""
-        for consumer in self.consumers.values():
-            consumer.stop_intake()
-            await consumer.announce_held()
-        await self.runtime.goodbye()
-        with anyio.move_on_after(self.config.runtime.shutdown_grace, shield=True) as scope:
-            for consumer in self.consumers.values():
-                await consumer.wait_idle()
-        running = sum(p.state.in_flight for p in self.providers.values())
-        log.info("model_worker.drained", timed_out=scope.cancelled_caught, still_running=running)
+        running = await drain(self.consumers.values(), self.runtime, grace=self.config.runtime.shutdown_grace)
+        log.info("model_worker.drained", timed_out=running > 0, still_running=running)
 
     @property
     def worker_id(self) -> str:

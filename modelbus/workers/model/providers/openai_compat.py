@@ -135,14 +135,7 @@ class OpenAIProvider:
 
     async def respond(self, call: ChatCall) -> bytes:
         """A Responses API request passed through to an upstream that serves ``/responses`` itself."""
-        try:
-            async with self._post(call, stream=False, url=self._responses_url) as response:
-                body: bytes = await response.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise transport_error(exc, self.where) from exc
-        if response.status >= 400:
-            raise upstream_error(UpstreamResponse(response.status, body), self._api_key)
-        return body
+        return await self._answer(call, self._responses_url)
 
     async def respond_stream(self, call: ChatCall, emit: Emit) -> None:
         """The upstream's Responses API events, each ``data:`` JSON passed to ``emit`` as it is."""
@@ -160,8 +153,12 @@ class OpenAIProvider:
             raise transport_error(exc, self.where) from exc
 
     async def complete(self, call: ChatCall) -> bytes:
+        return await self._answer(call, self._url)
+
+    async def _answer(self, call: ChatCall, url: str) -> bytes:
+        """A plain (non-streaming) answer's body from ``url``; a failure classified as every one is."""
         try:
-            async with self._post(call, stream=False) as response:
+            async with self._post(call, stream=False, url=url) as response:
                 body: bytes = await response.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise transport_error(exc, self.where) from exc
