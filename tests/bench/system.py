@@ -68,9 +68,10 @@ async def running_system(
     config_text: str,
     *,
     upstream_ports: Mapping[str, int],
-    services: Sequence[str] = tuple(SERVICES),
+    services: Sequence[str] = tuple(name for name in SERVICES if name != "embed worker"),
 ) -> AsyncIterator[System]:
-    """nats-server, a stand-in upstream per ``upstream_ports`` entry, and ``services`` on ``config_text``."""
+    """nats-server, a stand-in upstream per ``upstream_ports`` entry, and ``services`` on ``config_text``
+    (by default every service but the embedding worker, which needs ``embeddings:`` in the config)."""
     async with EmbeddedNats(workdir / "nats") as nats_server:
         config = workdir / "modelbus.yaml"
         config.write_text(config_text)
