@@ -19,7 +19,7 @@ from modelbus.config import ModelConfig
 from modelbus.runtime.tasks.summaries import chat_input
 from modelbus.runtime.work_queue.consumer import Job
 from modelbus.schemas.chat import ChatChunk, ChatEnd, ChatRequest, ChatResult
-from modelbus.schemas.responses import ResponsesCall
+from modelbus.schemas.responses import MessageItem, ResponsesCall
 from modelbus.schemas.status import ErrorInfo
 from modelbus.workers.model.providers.base import ChatCall, Provider, ProviderError
 from modelbus.workers.model.responses import EventStream, chat_body, response_object
@@ -239,7 +239,7 @@ def _output_text(data: bytes) -> str:
 
 def _last_user_text(call: ResponsesCall) -> str:
     for item in reversed(call.input):
-        if getattr(item, "role", None) == "user":
-            content = item.content  # type: ignore[union-attr]
+        if isinstance(item, MessageItem) and item.role == "user":
+            content = item.content
             return content if isinstance(content, str) else " ".join(p.text for p in content)
     return ""
