@@ -16,7 +16,7 @@ from modelbus.ingress.view_store import ModelViewStore
 from modelbus.runtime.work_queue.client import GiveUp
 from modelbus.schemas.status import ModelStatus
 
-__all__ = ("check_chat_model", "check_model", "give_up_when_failed", "refuse_embedding_model")
+__all__ = ("check_chat_model", "check_model", "give_up_when_failed")
 
 
 def give_up_when_failed(views: ModelViewStore, model: str, *, grace: float) -> GiveUp:
@@ -36,18 +36,14 @@ def give_up_when_failed(views: ModelViewStore, model: str, *, grace: float) -> G
     return check
 
 
-def refuse_embedding_model(model: str, embedding_models: frozenset[str]) -> None:
-    """An embedding model answers only ``POST /v1/embeddings``: a chat or response for it is a 400."""
+def check_chat_model(views: ModelViewStore, model: str, embedding_models: frozenset[str]) -> None:
+    """:func:`check_model` for a chat or a response: an embedding model answers only ``POST
+    /v1/embeddings``, so asking it for one is a 400 first."""
     if model in embedding_models:
         raise ApiError(
             400, f"`{model}` is an embedding model: use POST /v1/embeddings", code="model_not_supported",
             param="model",
         )  # fmt: skip
-
-
-def check_chat_model(views: ModelViewStore, model: str, embedding_models: frozenset[str]) -> None:
-    """:func:`check_model` for a chat or a response: an embedding model is refused first."""
-    refuse_embedding_model(model, embedding_models)
     check_model(views, model)
 
 

@@ -122,25 +122,23 @@ async def model_views(js: JetStreamContext) -> KeyValue:
     ``nats stream edit KV_modelbus_models --replicas 3``), and creating it again with another configuration
     is refused by the server.
     """
-    try:
-        return await js.key_value(MODEL_VIEWS_BUCKET)
-    except BucketNotFoundError:
-        return await js.create_key_value(
-            KeyValueConfig(bucket=MODEL_VIEWS_BUCKET, history=1, storage=StorageType.FILE)
-        )
+    return await _bucket(js, KeyValueConfig(bucket=MODEL_VIEWS_BUCKET, history=1, storage=StorageType.FILE))
 
 
 async def response_store(js: JetStreamContext, *, keep: float) -> KeyValue:
-    """The KV bucket of stored responses (one key per response id), each kept ``keep`` seconds.
+    """The KV bucket of stored responses (one key per response id), each kept ``keep`` seconds; an existing
+    bucket is used as it is, as :func:`model_views` says (another TTL included)."""
+    config = KeyValueConfig(bucket=RESPONSES_BUCKET, history=1, ttl=keep, storage=StorageType.FILE)
+    return await _bucket(js, config)
 
-    An existing bucket is used as it is (an operator may have made it with more replicas or another TTL).
-    """
+
+async def _bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    """The bucket ``config`` names, created with ``config`` only when there is none."""
+    assert config.bucket is not None
     try:
-        return await js.key_value(RESPONSES_BUCKET)
+        return await js.key_value(config.bucket)
     except BucketNotFoundError:
-        return await js.create_key_value(
-            KeyValueConfig(bucket=RESPONSES_BUCKET, history=1, ttl=keep, storage=StorageType.FILE)
-        )
+        return await js.create_key_value(config)
 
 
 async def ensure_work_queue(js: JetStreamContext, kind: JobKind[Any, Any], settings: QueueSettings) -> None:

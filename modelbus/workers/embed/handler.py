@@ -57,11 +57,8 @@ class EmbedHandler:
         job.span.set_usage(Usage(prompt_tokens=embedded.prompt_tokens))
         job.span.labels["inputs"] = str(len(request.inputs))
         answer = {"object": "list", "data": data, "model": request.model, "usage": usage}
-        job.result = embedded.prompt_tokens
-        await job.send(EmbedResult(**job.stamp(), data=msgspec.Raw(_encoder.encode(answer))))
+        body = msgspec.Raw(_encoder.encode(answer))
+        await job.send(EmbedResult(**job.stamp(), data=body, prompt_tokens=embedded.prompt_tokens))
 
     def done(self, job: Job[EmbedRequest], seconds: float) -> None:
-        if job.status >= 400 and job.status != 499:
-            self.state.failures += 1
-        tokens = job.result if isinstance(job.result, int) else None
-        self.state.count_answered(seconds, tokens, None)
+        self.state.count_job(job, seconds)

