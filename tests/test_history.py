@@ -84,7 +84,7 @@ async def rows_when(engine: ClickHouse, table: str, where: str, count: int) -> l
 
 def _settings(table: str, **changes: Any) -> HistorySettings:
     # keep_days 0: the tests write events from long ago, which a TTL would drop at once
-    return msgspec.structs.replace(HistorySettings(table=table, flush_interval=0.1, keep_days=0), **changes)
+    return msgspec.structs.replace(HistorySettings(enabled=True, table=table, flush_interval=0.1, keep_days=0), **changes)
 
 
 async def _recording(nc: Any) -> tuple[str, HistorySettings, TaskRecorder]:
@@ -285,7 +285,7 @@ async def test_modelbus_history_runs_on_its_own_and_resumes_after_a_restart(
     table = _table()
     config_path = tmp_path / "modelbus.yaml"
     config_path.write_text(
-        FAST_RUNTIME + f"  history: {{table: {table}, flush_interval: 0.1, keep_days: 0}}\n"
+        FAST_RUNTIME + f"  history: {{enabled: true, table: {table}, flush_interval: 0.1, keep_days: 0}}\n"
     )
     config = parse_config(config_path.read_text(), {})
     recorder = TaskRecorder(nc, config.runtime.history, component="tester")
@@ -312,25 +312,37 @@ async def test_modelbus_history_runs_on_its_own_and_resumes_after_a_restart(
     assert _chdb_count(tmp_path / ".modelbus" / "history" / "0", table) == '"run0",20\n"run1",20'
 
 
-def test_modelbus_up_runs_a_sink_only_where_no_nsql_worker_keeps_the_history(tmp_path: Path) -> None:
+def test_modelbus_up_runs_a_sink_only_where_the_history_can_be_queried(tmp_path: Path) -> None:
+    """Unset, the history is on only where it can be asked: an NSQL worker keeps it in its embedded engine,
+    or a sink writes it to a ClickHouse server. With the embedded engine and no datasets nothing could
+    query it, so no engine is started for it unless the file says ``enabled: true``."""
     path = tmp_path / "modelbus.yaml"
     model = "models:\n  - name: m\n    from: openai:m\n    params: {endpoint: 'http://127.0.0.1:9/v1'}\n"
     sample = "datasets:\n  - name: sales_data\n    from: sample:sales_data\n"
+    server = "  clickhouse: {url: 'http://ch:8123'}\n"
     cases = {
-        "": ["registry", "model-worker:m", "history", "ingress"],
-        sample: ["registry", "model-worker:m", "nsql-worker", "ingress"],
-        "runtime:\n  clickhouse: {url: 'http://ch:8123'}\n" + sample: [
-            "registry", "model-worker:m", "nsql-worker", "history", "ingress",
-        ],
-        "runtime:\n  history: {enabled: false}\n": ["registry", "model-worker:m", "ingress"],
+        model: (["registry", "model-worker:m", "ingress"], False),
+        model + sample: (["registry", "model-worker:m", "nsql-worker", "ingress"], True),
+        "runtime:\n" + server + model: (["registry", "model-worker:m", "history", "ingress"], True),
+        "runtime:\n" + server + model + sample: (
+            ["registry", "model-worker:m", "nsql-worker", "history", "ingress"], True,
+        ),
+        "runtime:\n  history: {enabled: true}\n" + model: (
+            ["registry", "model-worker:m", "history", "ingress"], True,
+        ),
+        "runtime:\n  history: {enabled: false}\n" + model + sample: (
+            ["registry", "model-worker:m", "nsql-worker", "ingress"], False,
+        ),
+        "runtime:\n  http: {processes: 2}\n" + model: (
+            ["registry", "model-worker:m", "ingress-1", "ingress-2"], False,
+        ),
     }  # fmt: skip
-    for extra, expected in cases.items():
-        text = (extra + model) if extra.startswith("runtime") else (model + extra)
-        if extra.startswith("runtime") and sample in extra:
-            text = extra.replace(sample, "") + model + sample
+    for text, (expected, recorded) in cases.items():
         path.write_text(text)
-        children = Launcher(parse_config(text, {}), path).children("nats://127.0.0.1:4222")
-        assert [c.name for c in children] == expected, extra
+        config = parse_config(text, {})
+        assert config.runtime.history.enabled is recorded, text
+        children = Launcher(config, path).children("nats://127.0.0.1:4222")
+        assert [c.name for c in children] == expected, text
 
 
 async def test_with_modelbus_up_the_nsql_worker_keeps_the_history_and_answers_from_it(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import anyio
 import msgspec
 import pytest
-from anyio.streams.memory import MemoryObjectReceiveStream
 from nats.aio.client import Client
 
 from modelbus.ingress.nsql_reply import Assembled, ReplyAssembler, ReplyReader
@@ -60,11 +59,15 @@ def feed_all(receiver: Receiver, messages: list[bytes]) -> None:
         assert receiver.feed(message) is None
 
 
-def pending(
-    receive: MemoryObjectReceiveStream[bytes], *, keepalive: float = 1.0
-) -> Pending[NsqlReplyMessage]:
-    client = WorkQueueClient(Client(), {})  # never connected: these replies come from the test, not NATS
-    return Pending(client, NSQL, "r1", receive, deadline=float("inf"), keepalive=keepalive)
+def pending(*messages: bytes, keepalive: float = 1.0) -> Pending[NsqlReplyMessage]:
+    """A request's replies as the client's subscription would deliver them (here from the test, not NATS)."""
+    client = WorkQueueClient(Client(), {})  # never connected
+    waiting: Pending[NsqlReplyMessage] = Pending(
+        client, NSQL, "r1", deadline=float("inf"), keepalive=keepalive
+    )
+    for message in messages:
+        waiting.deliver(message)
+    return waiting
 
 
 def test_a_reply_that_fits_stays_one_message_of_the_old_shape() -> None:
@@ -118,25 +121,21 @@ def test_only_one_workers_reply_counts_and_a_fresh_delivery_replaces_an_unfinish
 
 async def test_a_reply_that_stops_arriving_is_refused_before_the_deadline() -> None:
     messages = list(reply_messages(reply(), MAX_PAYLOAD))
-    send, receive = anyio.create_memory_object_stream[bytes](100)
-    async with send, receive:
-        for message in messages[:-1]:  # the reply itself never comes
-            await send.send(message)
-        reader = ReplyReader(pending(receive, keepalive=0.025), max_bytes=1 << 20)
-        with anyio.fail_after(30), pytest.raises(ReplyLost, match="stopped answering"):
-            await reader.wait()
+    # the reply itself never comes
+    reader = ReplyReader(pending(*messages[:-1], keepalive=0.025), max_bytes=1 << 20)
+    with anyio.fail_after(30), pytest.raises(ReplyLost, match="stopped answering"):
+        await reader.wait()
 
 
 async def test_the_waiter_ticks_while_nothing_came_then_answers() -> None:
-    send, receive = anyio.create_memory_object_stream[bytes](100)
-    async with send, receive:
-        reader = ReplyReader(pending(receive), max_bytes=1 << 20)
-        assert await reader.wait(tick=0.01) is None
-        for message in reply_messages(reply(), MAX_PAYLOAD):
-            await send.send(message)
-        with anyio.fail_after(30):
-            got = await reader.wait(tick=0.01)
-        assert got is not None and got.body == BODY.encode()
+    waiting = pending()
+    reader = ReplyReader(waiting, max_bytes=1 << 20)
+    assert await reader.wait(tick=0.01) is None
+    for message in reply_messages(reply(), MAX_PAYLOAD):
+        waiting.deliver(message)
+    with anyio.fail_after(30):
+        got = await reader.wait(tick=0.01)
+    assert got is not None and got.body == BODY.encode()
 
 
 def test_an_sse_data_event_carries_any_body_line_by_line() -> None:

@@ -186,7 +186,15 @@ class Launcher:
         if runtime.history.enabled and not (runtime.clickhouse.embedded and self.config.datasets):
             # with the embedded engine and an NSQL worker, that worker keeps the history (NSQL can query it)
             children.append(Child("history", self._argv("history", url=url), stop_timeout=grace))
-        children.append(Child("ingress", self._argv("ingress", url=url), stop_timeout=grace))
+        count = runtime.http.processes
+        children += [
+            Child(
+                "ingress" if count == 1 else f"ingress-{n}",
+                self._argv("ingress", url=url),
+                stop_timeout=grace,
+            )
+            for n in range(1, count + 1)
+        ]
         return children
 
     async def run(self) -> None:
@@ -201,9 +209,10 @@ class Launcher:
                 stack.callback(published.unlink, missing_ok=True)
             url = url or self.config.runtime.nats.url
             children = self.children(url)
-            *services, ingress = children
+            ingresses = [c for c in children if c.name.startswith("ingress")]
+            services = [c for c in children if c not in ingresses]
             async with anyio.create_task_group() as tg:
-                await tg.start(self._serve, ingress, url, name=ingress.name)  # marks the bucket first
+                await tg.start(self._serve, ingresses, url, name="ingress")  # marks the bucket first
                 for child in services:
                     tg.start_soon(child.supervise, name=child.name)
                 tg.start_soon(self._announce)
@@ -215,9 +224,10 @@ class Launcher:
         log.info("launcher.stopped")
 
     async def _serve(
-        self, ingress: Child, url: str, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Start the ingress once the registry has heard from every model's worker (see the module).
+        self, ingresses: Sequence[Child], url: str, *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:  # fmt: skip
+        """Start the ingress processes once the registry has heard from every model's worker (see the module).
 
         Started before any other child, so that the views it waits for are written by this run.
         """
@@ -226,7 +236,9 @@ class Launcher:
             task_status.started()
             if reports is not None:
                 await self._wait_reported(reports)
-        await ingress.supervise()
+        async with anyio.create_task_group() as tg:
+            for ingress in ingresses:
+                tg.start_soon(ingress.supervise, name=ingress.name)
 
     async def _reports(self, stack: AsyncExitStack, url: str) -> Reports | None:
         """The models' revisions now, on a connection kept in ``stack``; None if NATS does not answer."""

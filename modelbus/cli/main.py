@@ -171,7 +171,10 @@ def _service(args: argparse.Namespace, config: Config, config_path: Path) -> tup
         from modelbus.history.service import HistoryService
 
         if not config.runtime.history.enabled:
-            raise _Refused("runtime.history.enabled is false: there is no history to write")
+            raise _Refused(
+                "the task history is off (runtime.history.enabled; left unset it is on with a ClickHouse "
+                "server or with datasets): there is no history to write"
+            )
         return "history", lambda nc: HistoryService(nc, config, config_dir=config_path.parent)
     if args.kind == "nsql":
         from modelbus.workers.nsql.worker import NsqlWorker

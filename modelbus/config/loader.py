@@ -56,6 +56,16 @@ def parse_config(text: str, environ: Mapping[str, str], *, source: str = "<confi
     except msgspec.ValidationError as exc:
         raise _explain(source, str(exc)) from exc
     _check(config, source)
+    return _resolved(config)
+
+
+def _resolved(config: Config) -> Config:
+    """Settings whose default depends on the rest of the file, made explicit."""
+    runtime = config.runtime
+    if runtime.history.enabled is None:
+        queryable = not runtime.clickhouse.embedded or bool(config.datasets)
+        history = msgspec.structs.replace(runtime.history, enabled=queryable)
+        config = msgspec.structs.replace(config, runtime=msgspec.structs.replace(runtime, history=history))
     return config
 
 

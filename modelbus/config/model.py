@@ -45,6 +45,8 @@ class HttpSettings(_Section, frozen=True):
     host: str = "127.0.0.1"
     port: Port = 8090
     max_body_bytes: PositiveInt = 4 * 1024 * 1024
+    # ingress processes `modelbus up` starts, sharing the port (SO_REUSEPORT); each is one core at most
+    processes: PositiveInt = 1
 
 
 class NatsSettings(_Section, frozen=True):
@@ -159,9 +161,14 @@ class HistorySettings(_Section, frozen=True):
     (``truncated``), or all of it (``full``). Events wait on the ``MODELBUS_TASKS`` stream until every sink
     has written them, in batches of up to ``batch_size`` or every ``flush_interval`` seconds; while sinks
     are away, up to ``retention`` seconds and ``max_bytes``.
+
+    ``enabled`` left unset is on only where the history can be queried: with a ClickHouse server
+    (``runtime.clickhouse.url``), or with datasets (an NSQL worker keeps it in its embedded engine). A
+    deployment with the embedded engine and no datasets would pay an engine nobody can ask; ``true`` there
+    starts one anyway (``modelbus up`` runs the history sink), keeping the history on disk for later.
     """
 
-    enabled: bool = True
+    enabled: bool | None = None  # unset: resolved by the loader (see above); always a bool after loading
     record: Literal["none", "truncated", "full"] = "truncated"
     max_chars: PositiveInt = 200
     table: str = "task_history"  # in runtime.clickhouse.database

@@ -3,12 +3,14 @@
 ``create_app`` takes every collaborator explicitly (the view store and the work-queue client) and reads
 nothing from the environment. The app's ASGI handler is wrapped so that metrics, request logging, then
 API-key auth run in front of routing: every response, a 404 for an unknown route included, carries
-``x-request-id`` and is counted in ``GET /metrics`` (the metrics live in a registry of this app's own).
+``x-request-id`` and is counted in ``GET /metrics`` (the metrics live in a registry of this app's own). The
+fast lane (``fast_lane.py``) sits behind them, in front of Litestar.
 """
 
 from __future__ import annotations
 
 from litestar import Litestar
+from litestar.types import ASGIApp
 
 from modelbus.config import Config
 from modelbus.ingress.auth import ApiKeyAuth
@@ -21,8 +23,10 @@ from modelbus.ingress.controllers.models import models_router
 from modelbus.ingress.controllers.nsql import nsql_router
 from modelbus.ingress.controllers.responses import responses_router
 from modelbus.ingress.errors import EXCEPTION_HANDLERS
+from modelbus.ingress.fast_lane import FastLane
 from modelbus.ingress.logging_middleware import RequestLogging
 from modelbus.ingress.metrics import IngressMetrics, QueueDepths, RequestMetrics
+from modelbus.ingress.model_rendering import ModelRenderer
 from modelbus.ingress.openapi import API_KEY_SECURITY, openapi_config
 from modelbus.ingress.response_store import ResponseStore
 from modelbus.ingress.view_store import ModelViewStore
@@ -55,10 +59,11 @@ def create_app(
         )  # fmt: skip
     depths = QueueDepths(client.nc.jetstream(), views)
     metrics = IngressMetrics(views, depths)
+    renderer = ModelRenderer(views)
     app = Litestar(
         route_handlers=[
             health_router(views),
-            models_router(views, security=security),
+            models_router(views, renderer, security=security),
             events_router(views, security=security),
             chat_router(
                 views, client, config.runtime.chat, recorder, security=security, embedding_models=embedding
@@ -75,7 +80,7 @@ def create_app(
         debug=False,
     )
     # Litestar's own middleware runs only after routing has found a route; these must see every request.
-    handler = app.asgi_handler
+    handler: ASGIApp = FastLane(app.asgi_handler, views, renderer)
     if api_keys:
         handler = ApiKeyAuth(handler, api_keys)
     app.asgi_handler = RequestMetrics(RequestLogging(handler), metrics)

@@ -10,7 +10,6 @@ request_id; never headers or the query string (where secrets travel).
 from __future__ import annotations
 
 import re
-import secrets
 import time
 from collections.abc import Iterable
 
@@ -20,6 +19,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelbus.ingress.errors import error_body
+from modelbus.runtime.ids import unique_hex
 
 __all__ = ("REQUEST_ID_HEADER", "RequestLogging", "request_id_from")
 
@@ -37,7 +37,7 @@ def request_id_from(headers: Iterable[tuple[bytes, bytes]]) -> str:
             if _SANE_ID.fullmatch(value):
                 return value.decode("ascii")
             break
-    return secrets.token_hex(16)
+    return unique_hex(16)
 
 
 class RequestLogging:
@@ -66,16 +66,17 @@ class RequestLogging:
             await send(message)
 
         outcome = "ok"
+        # the server runs each request in a task of its own, whose context dies with it: nothing to unbind
+        structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
-            with structlog.contextvars.bound_contextvars(request_id=request_id):
-                try:
-                    await self._app(scope, receive, send_with_id)
-                except Exception:
-                    outcome = "unhandled_exception"
-                    if status:  # the response has begun; all we can do is let the server drop it
-                        raise
-                    status = 500
-                    await self._send_fallback(send, header)
+            try:
+                await self._app(scope, receive, send_with_id)
+            except Exception:
+                outcome = "unhandled_exception"
+                if status:  # the response has begun; all we can do is let the server drop it
+                    raise
+                status = 500
+                await self._send_fallback(send, header)
         except BaseException:
             outcome = "aborted" if outcome == "ok" else outcome
             raise

@@ -49,13 +49,15 @@ class _EmbeddedUvicorn(uvicorn.Server):
         yield
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, *, shared: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose proto says TCP, and
     # with Nagle on, a response written in two parts waits ~40 ms for the client's delayed ACK.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if shared:  # several ingress processes listen on one port; the kernel spreads connections among them
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
         sock.listen(2048)
@@ -106,7 +108,9 @@ class IngressServer:
 
     async def __aenter__(self) -> IngressServer:
         async with AsyncExitStack() as stack:
-            sock = _bind(self._host, self._requested_port)  # first, so a busy port fails plainly and at once
+            # first, so a busy port fails plainly and at once (unless ingress processes share it on purpose)
+            shared = self._config.runtime.http.processes > 1
+            sock = _bind(self._host, self._requested_port, shared=shared)
             stack.callback(sock.close)
             self._port = int(sock.getsockname()[1])
             views = ModelViewStore(self._nc, expect_models=bool(self._config.models))
@@ -134,6 +138,7 @@ class IngressServer:
                     access_log=False,
                     log_config=None,
                     server_header=False,
+                    proxy_headers=False,  # nothing here reads the client address; a middleware saved
                     timeout_graceful_shutdown=max(1, int(self._grace)),
                 )
             )

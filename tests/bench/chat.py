@@ -1,9 +1,14 @@
-"""``just bench``: chat completions straight to the stand-in upstream, and through modelbus, in one run.
+"""``just bench``: what modelbus adds to a remote model's calls, in CPU, latency and memory, in one run.
 
-Starts nats-server, the stand-in upstream and the modelbus processes (registry, one model worker, ingress)
-exactly as an operator would, then drives each scenario with the same load generator, first against the
-stand-in directly and then through modelbus. Prints requests/s, p50 and p99, the added latency, and the CPU
-time each process spent per request. Machines are shared and noisy: compare the ratios within one run.
+Starts a stand-in upstream that is never the bottleneck (``tests/bench/fast_upstream.py``) and the whole
+system as an operator does (``modelbus up`` on a config with one remote model of capacity 128 and no
+datasets), then drives each scenario first straight at the stand-in and then through modelbus, with the same
+client (wrk when installed, else the built-in generator). Prints requests/s, p50 and p99, the added p50, the
+CPU time per request of every process (and of modelbus with nats-server in all, the figure the targets are
+about), the client's own CPU per request, and each process's memory idle and at its peak.
+
+``--ingress 1,2`` repeats the run with that many ingress processes (``runtime.http.processes``). Machines are
+shared and noisy: compare the ratios within one run.
 """
 
 from __future__ import annotations
@@ -11,56 +16,63 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import tempfile
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import msgspec
-import uvloop
 
-from tests.bench.loadgen import Result, post, run_load
-from tests.bench.system import running_system
+from tests.bench.gateway import Deployment, Load, client_name, drive
+from tests.bench.system import run_main
+from tests.support.processes import ServiceProcess, modelbus_argv
 
-MESSAGES = [{"role": "user", "content": "Say something short."}]
-UPSTREAM = "upstream"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+__all__ = ("free_port", "wait_ready")
+
+MODEL = "bench"
+SHORT = "Say something short."
 
 
 @dataclass(frozen=True)
 class Scenario:
     name: str
     concurrency: int
-    stream: bool
+    method: str = "POST"
+    path: str = "/v1/chat/completions"
+    prompt_bytes: int = 0  # 0: the short prompt
+    stream: bool = False
+
+    def body(self) -> bytes | None:
+        if self.method == "GET":
+            return None
+        words = SHORT if not self.prompt_bytes else ("lorem ipsum " * (self.prompt_bytes // 12 + 1))
+        content = words[: self.prompt_bytes] if self.prompt_bytes else words
+        messages = [{"role": "user", "content": content}]
+        return msgspec.json.encode({"model": MODEL, "messages": messages, "stream": self.stream})
 
 
 SCENARIOS = (
-    Scenario("non-streaming c=1", 1, stream=False),
-    Scenario("non-streaming c=64", 64, stream=False),
+    Scenario("chat c=1", 1),
+    Scenario("chat c=64", 64),
+    Scenario("chat 1 KB prompt c=64", 64, prompt_bytes=1024),
+    Scenario("chat 16 KB prompt c=64", 64, prompt_bytes=16 * 1024),
     Scenario("20-chunk streams c=16", 16, stream=True),
+    Scenario("GET /v1/models c=16", 16, method="GET", path="/v1/models"),
 )
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def body(model: str, stream: bool) -> bytes:
-    return msgspec.json.encode({"model": model, "messages": MESSAGES, "stream": stream})
-
-
-async def wait_ready(base: str, model: str) -> None:
+async def wait_ready(base: str, model: str, *, timeout: float = 60.0) -> None:
     async with httpx.AsyncClient(base_url=base) as http:
-        for _ in range(600):
+        for _ in range(int(timeout * 10)):
             try:
                 r = await http.get(f"/v1/models/{model}", params={"status": "true"})
                 if r.status_code == 200 and r.json().get("status") == "ready":
@@ -71,70 +83,120 @@ async def wait_ready(base: str, model: str) -> None:
     raise TimeoutError("modelbus did not become ready")
 
 
-def line(label: str, r: Result) -> str:
-    return (
-        f"  {label:<10} {r.rate:>9.0f} req/s   p50 {r.p50:>7.2f} ms   p99 {r.percentile(99):>7.2f} ms"
-        f"   errors {r.errors}"
-    )
+@asynccontextmanager
+async def stand_in(workdir: Path) -> AsyncIterator[tuple[int, ServiceProcess]]:
+    port = free_port()
+    argv = [sys.executable, "-m", "tests.bench.fast_upstream", "--port", str(port), "--chunks", "20"]
+    process = ServiceProcess(argv, workdir / "stand-in.log")
+    try:
+        async with httpx.AsyncClient() as http:
+            for _ in range(100):
+                try:
+                    if (await http.get(f"http://127.0.0.1:{port}/v1/models")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
+        yield port, process
+    finally:
+        process.terminate()
 
 
-async def main(seconds: float, workdir: Path, runtime: list[str]) -> int:
-    upstream_port, ingress_port = free_port(), free_port()
+@asynccontextmanager
+async def deployment(
+    workdir: Path, upstream: int, ingress: int, runtime: list[str]
+) -> AsyncIterator[tuple[int, int]]:
+    """``modelbus up`` on one remote model and no datasets; yields the ingress port."""
+    port = free_port()
+    state = workdir / f"state-{ingress}"
     config = (
-        f"runtime:\n  http: {{port: {ingress_port}}}\n  heartbeat: {{interval: 1.0}}\n"
-        f"  chat: {{queue_depth: 4096}}\n  log_level: info\n"
+        f"runtime:\n  http: {{port: {port}, processes: {ingress}}}\n  state_dir: {state}\n"
+        "  chat: {queue_depth: 4096}\n"
         + "".join(f"  {setting}\n" for setting in runtime)
-        + f"models:\n  - name: bench\n    from: openai:bench\n"
-        f"    params: {{endpoint: 'http://127.0.0.1:{upstream_port}/v1', api_key: sk-bench, "
-        "capacity: 128}\n"
+        + f"models:\n  - name: {MODEL}\n    from: openai:{MODEL}\n"
+        f"    params: {{endpoint: 'http://127.0.0.1:{upstream}/v1', api_key: sk-bench, capacity: 128}}\n"
     )
-    async with running_system(
-        workdir,
-        config,
-        upstream_ports={UPSTREAM: upstream_port},
-        services=("registry", "model worker", "ingress"),
-    ) as system:
-        await wait_ready(f"http://127.0.0.1:{ingress_port}", "bench")
-        await system.control(upstream_port, reply=" ".join(["word"] * 20), chunks=20)
-        pids = {name: pid for name, pid in system.pids.items() if name != UPSTREAM}
-        print(f"modelbus chat benchmark, {seconds:.0f} s per run, {os.cpu_count()} cores")
-        print(f"runtime settings: {'; '.join(runtime) or 'defaults'}\n")
+    path = workdir / f"modelbus-{ingress}.yaml"
+    path.write_text(config)
+    launcher = ServiceProcess(modelbus_argv("up", "--config", str(path)), workdir / f"modelbus-{ingress}.log")
+    try:
+        await wait_ready(f"http://127.0.0.1:{port}", MODEL, timeout=120)
+        yield port, launcher.pid
+    finally:
+        launcher.terminate(60)
+
+
+def _row(label: str, load: Load) -> str:
+    return (
+        f"  {label:<9} {load.rate:>8.0f} req/s   p50 {load.p50_ms:>7.2f} ms   p99 {load.p99_ms:>7.2f} ms"
+        f"   errors {load.errors}   client CPU {load.client_cpu_s / max(1, load.requests) * 1e6:.0f} us/req"
+    )
+
+
+def _mib(values: dict[str, float]) -> str:
+    return (
+        ", ".join(f"{name} {mib:.0f}" for name, mib in values.items()) + f"; all {sum(values.values()):.0f}"
+    )
+
+
+async def run(args: argparse.Namespace, workdir: Path, client: str, upstream: int, ingress: int) -> None:
+    async with deployment(workdir, upstream, ingress, args.runtime) as (port, root):
+        processes = Deployment(root)
+        processes.refresh()
+        await asyncio.sleep(args.settle)  # the first heartbeats and views, then idle
+        idle = processes.memory()
+        print(f"--- {ingress} ingress process{'es' if ingress > 1 else ''} ---")
+        print(f"idle RSS (MiB): {_mib(idle)}\n")
         for scenario in SCENARIOS:
-            request = post("/v1/chat/completions", body("bench", scenario.stream))
-            direct = await run_load(
-                "127.0.0.1", upstream_port, request, concurrency=scenario.concurrency, seconds=seconds
-            )
-            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-            through = await run_load(
-                "127.0.0.1", ingress_port, request, concurrency=scenario.concurrency, seconds=seconds
-            )
-            after = {name: cpu_seconds(pid) for name, pid in pids.items()}
-            print(f"{scenario.name}")
-            print(line("direct", direct))
-            print(line("modelbus", through))
+            if args.only and not any(word in scenario.name for word in args.only):
+                continue
+            body = scenario.body()
+            load = {"concurrency": scenario.concurrency, "seconds": args.seconds}
+            direct = await drive(client, upstream, scenario.method, scenario.path, body, **load)
+            processes.refresh()
+            before = processes.cpu()
+            through = await drive(client, port, scenario.method, scenario.path, body, **load)
+            after = processes.cpu()
+            per = {n: (after[n] - before.get(n, 0.0)) / max(1, through.requests) * 1e6 for n in after}
+            gateway = sum(us for name, us in per.items() if name != "launcher")
+            print(scenario.name)
+            print(_row("direct", direct))
+            print(_row("modelbus", through))
             print(
-                f"  {'added p50':<10} {through.p50 - direct.p50:>9.2f} ms    "
-                f"throughput ratio {through.rate / direct.rate:.2f}"
+                f"  added p50 {through.p50_ms - direct.p50_ms:.2f} ms, throughput ratio "
+                f"{through.rate / max(1e-9, direct.rate):.2f}, CPU per request: modelbus + nats-server "
+                f"{gateway:.0f} us ({', '.join(f'{n} {us:.0f}' for n, us in per.items() if us >= 0.5)})\n"
             )
-            per_request = {
-                name: (after[name] - before[name]) / max(1, through.requests) * 1e6 for name in pids
-            }
-            print("  CPU per request: " + ", ".join(f"{n} {us:.0f} us" for n, us in per_request.items()))
-            print()
+        peak = processes.memory("VmHWM")
+        print(f"peak RSS (MiB): {_mib(peak)}\n")
+
+
+async def main(args: argparse.Namespace, workdir: Path) -> int:
+    client = client_name(args.client)
+    print(
+        f"modelbus gateway benchmark: {args.seconds:g} s per run, {os.cpu_count()} cores, client {client}, "
+        f"runtime settings: {'; '.join(args.runtime) or 'defaults'}\n"
+    )
+    async with stand_in(workdir) as (upstream, _process):
+        for ingress in args.ingress:
+            await run(args, workdir, client, upstream, ingress)
     return 0
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=8.0, help="per measured run")
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds idle before the idle RSS is read")
+    parser.add_argument("--client", choices=("auto", "wrk", "builtin"), default="auto")
+    parser.add_argument(
+        "--ingress", type=lambda s: [int(n) for n in s.split(",")], default=[1],
+        help="ingress process counts to run, e.g. 1,2",
+    )  # fmt: skip
+    parser.add_argument("--only", action="append", default=[], help="run the scenarios whose name has this")
     parser.add_argument("--keep", type=Path, default=None, help="keep the logs and data in this folder")
     parser.add_argument(
         "--runtime", action="append", default=[],
         help="a runtime setting in YAML, e.g. --runtime 'history: {enabled: false}' (repeatable)",
     )  # fmt: skip
-    args = parser.parse_args()
-    if args.keep:
-        args.keep.mkdir(parents=True, exist_ok=True)
-        raise SystemExit(uvloop.run(main(args.seconds, args.keep, args.runtime)))
-    with tempfile.TemporaryDirectory(prefix="modelbus-bench-") as tmp:
-        raise SystemExit(uvloop.run(main(args.seconds, Path(tmp), args.runtime)))
+    run_main(main, parser.parse_args(), prefix="modelbus-bench-")

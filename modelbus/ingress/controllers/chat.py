@@ -7,7 +7,6 @@ queue, and answered from the worker's replies: one JSON body, or server-sent eve
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Annotated, Any
@@ -28,6 +27,7 @@ from modelbus.ingress.model_watch import check_chat_model, give_up_when_failed
 from modelbus.ingress.openapi import operation_with_content, sse_media_type
 from modelbus.ingress.request_task import RequestTask
 from modelbus.ingress.view_store import ModelViewStore
+from modelbus.runtime.ids import unique_hex
 from modelbus.runtime.tasks.recorder import TaskRecorder
 from modelbus.runtime.tasks.summaries import chat_input
 from modelbus.runtime.work_queue.client import Pending, WorkQueueClient
@@ -149,7 +149,7 @@ def chat_router(
         stream = bool(data.stream)
         include_usage = bool(stream and data.stream_options and data.stream_options.include_usage)
         # the bus id is always ours: a client's x-request-id may repeat or hold characters subjects can't
-        request_id = task.request_id = uuid.uuid4().hex
+        request_id = task.request_id = unique_hex()
         structlog.contextvars.bind_contextvars(bus_request_id=request_id)
         job = ChatRequest(
             request_id=request_id,

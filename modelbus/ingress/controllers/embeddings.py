@@ -9,7 +9,6 @@ the worker batches it with other requests and answers OpenAI's ``list`` of embed
 from __future__ import annotations
 
 import math
-import uuid
 from functools import partial
 from typing import Annotated, Any
 
@@ -27,6 +26,7 @@ from modelbus.ingress.errors import ApiError, error_spec
 from modelbus.ingress.model_watch import check_model
 from modelbus.ingress.request_task import RequestTask
 from modelbus.ingress.view_store import ModelViewStore
+from modelbus.runtime.ids import unique_hex
 from modelbus.runtime.tasks.recorder import TaskRecorder
 from modelbus.runtime.tasks.summaries import Usage
 from modelbus.runtime.work_queue.client import WorkQueueClient
@@ -136,7 +136,7 @@ def embeddings_router(
                 param="dimensions",
             )  # fmt: skip
         check_model(views, model.name)
-        request_id = task.request_id = uuid.uuid4().hex
+        request_id = task.request_id = unique_hex()
         structlog.contextvars.bind_contextvars(bus_request_id=request_id)
         job = EmbedRequest(
             request_id=request_id, model=model.name, inputs=inputs, encoding_format=data.encoding_format,

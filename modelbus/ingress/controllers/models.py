@@ -77,9 +77,11 @@ def _not_initialized() -> ApiError:
     return ApiError(500, "App not initialized", code="app_not_initialized", headers={"Retry-After": "1"})
 
 
-def models_router(views: ModelViewStore, *, security: list[SecurityRequirement] | None = None) -> Router:
-    """The models routes, serving ``views``; ``security`` documents the API-key requirement when on."""
-    renderer = ModelRenderer(views)
+def models_router(
+    views: ModelViewStore, renderer: ModelRenderer, *, security: list[SecurityRequirement] | None = None
+) -> Router:
+    """The models routes, serving ``views`` (lists rendered by ``renderer``, which the ingress's fast lane
+    shares); ``security`` documents the API-key requirement when on."""
     errors: dict[int, ResponseSpec] = {
         400: error_spec("A query parameter has a value that is not allowed"),
         500: error_spec("App not initialized (no model view has arrived yet; retry), or an unexpected error"),

@@ -11,7 +11,6 @@ HTTP error.
 from __future__ import annotations
 
 import time
-import uuid
 from functools import partial
 from typing import Annotated, Any
 
@@ -33,6 +32,7 @@ from modelbus.ingress.nsql_stream import EVENT_STREAM, SSE_HEADERS, nsql_events
 from modelbus.ingress.openapi import operation_with_content, sse_media_type
 from modelbus.ingress.request_task import RequestTask
 from modelbus.ingress.view_store import ModelViewStore
+from modelbus.runtime.ids import unique_hex
 from modelbus.runtime.tasks.recorder import TaskRecorder
 from modelbus.runtime.work_queue.client import WorkQueueClient
 from modelbus.schemas.nsql import NSQL, NsqlQuery, NsqlRequest, ResponseFormat, negotiate
@@ -221,7 +221,7 @@ def nsql_router(
             raise model_not_ready(model.name, view)
         await presence.check()
         fmt = negotiate(request.headers.get("accept"))
-        request_id = task.request_id = uuid.uuid4().hex
+        request_id = task.request_id = unique_hex()
         structlog.contextvars.bind_contextvars(bus_request_id=request_id)
         job = NsqlRequest(
             request_id=request_id,

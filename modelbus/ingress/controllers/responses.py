@@ -36,6 +36,7 @@ from modelbus.ingress.openapi import operation_with_content, sse_media_type
 from modelbus.ingress.request_task import RequestTask
 from modelbus.ingress.response_store import ResponseStore, new_response_id
 from modelbus.ingress.view_store import ModelViewStore
+from modelbus.runtime.ids import unique_hex
 from modelbus.runtime.tasks.recorder import TaskRecorder
 from modelbus.runtime.tasks.summaries import Usage
 from modelbus.runtime.work_queue.client import Pending, WorkQueueClient
@@ -236,7 +237,7 @@ def responses_router(
                     code="previous_response_not_found", param="previous_response_id",
                 )  # fmt: skip
             history = [*previous.input, *previous.output]
-        request_id = task.request_id = uuid.uuid4().hex
+        request_id = task.request_id = unique_hex()
         structlog.contextvars.bind_contextvars(bus_request_id=request_id)
         call = ResponsesCall(
             id=new_response_id(uuid.uuid4().hex), created_at=int(time.time()), request=data,

@@ -42,12 +42,12 @@ class TaskRecorder:
 
     @property
     def enabled(self) -> bool:
-        return self.settings.enabled
+        return bool(self.settings.enabled)
 
     @property
     def keeps_text(self) -> bool:
         """Whether prompts and answers are recorded at all (worth collecting them)."""
-        return self.settings.enabled and self.settings.record != "none"
+        return bool(self.settings.enabled) and self.settings.record != "none"
 
     def stats(self) -> dict[str, int]:
         """For ``$SRV.STATS``: events published, and dropped while NATS was unreachable."""

@@ -116,6 +116,8 @@ class TaskSpan:
         if self.finished:
             return
         self.finished = True
+        if not self.recorder.enabled:
+            return
         with anyio.CancelScope(shield=True):
             await self.recorder.record(
                 self.span,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-import secrets
 
 import msgspec
+
+from modelbus.runtime.ids import unique_hex
 
 __all__ = ("Span", "start_span")
 
@@ -37,5 +38,5 @@ def start_span(traceparent: str | None) -> Span:
         if found is not None:
             version, trace_id, parent_id, _flags = found.groups()
             if version != "ff" and trace_id != _ZERO_TRACE and parent_id != _ZERO_SPAN:
-                return Span(trace_id, secrets.token_hex(8), parent_id)
-    return Span(secrets.token_hex(16), secrets.token_hex(8))
+                return Span(trace_id, unique_hex(8), parent_id)
+    return Span(unique_hex(16), unique_hex(8))

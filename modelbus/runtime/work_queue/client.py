@@ -4,12 +4,19 @@ The ingress uses it for HTTP clients, and the NSQL worker to ask a model for SQL
 process carries every reply; the last subject token says which request it belongs to. :class:`Pending`
 checks the replies for order (``seq``) and for a worker that went silent, so a client never waits on a
 dead worker and never gets an answer with a hole in it. Failures are :mod:`.errors`.
+
+This is every request's path, so it is written on asyncio's own primitives (a deque and one future per
+wait, timers from ``call_later``) rather than anyio's streams and cancel scopes, which cost several times
+more; anyio's cancellation still reaches it, as a cancelled task. A job is published as a plain message with
+a reply subject of this client's, and JetStream's acknowledgement (or its error) is read there with msgspec.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
@@ -18,11 +25,9 @@ import anyio
 import msgspec
 import nats.errors
 import structlog
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.errors import APIError
 
 from modelbus.config import QueueSettings
 from modelbus.runtime.jetstream import ensure_work_queue
@@ -45,6 +50,7 @@ BUFFERED_REPLIES = 4096
 # JetStream's "maximum messages per subject exceeded" (the per-queue bound, discard-new)
 QUEUE_FULL_CODES = frozenset({10077})
 SILENT_KEEPALIVES = 4  # a worker that answered and is then silent this many keepalive intervals is dead
+PUBLISH_TIMEOUT_S = 5.0  # how long JetStream may take to acknowledge a job
 GIVE_UP_CHECK_S = 0.5  # how often a request still waiting for a worker asks whether to stop waiting
 
 Req = TypeVar("Req", bound=JobRequest)
@@ -54,12 +60,26 @@ GiveUp = Callable[[], BaseException | None]
 """Asked while a request waits for its first answer: an exception to raise instead of waiting on, or None."""
 
 
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def _wait(waiter: asyncio.Future[None], timeout: float) -> None:
+    """Wait for ``waiter`` at most ``timeout`` seconds (it is then resolved, not cancelled)."""
+    timer = asyncio.get_running_loop().call_later(max(0.0, timeout), _wake, waiter)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+
+
 class Pending(Generic[Rep]):
     """The replies to one request, in order, from the one worker that answers it."""
 
     __slots__ = (
-        "_client", "_closed", "_decoder", "_give_up", "_keepalive", "_order", "_receive", "_worked_on",
-        "deadline", "kind", "request_id",
+        "_client", "_closed", "_decoder", "_finished", "_give_up", "_keepalive", "_order", "_replies",
+        "_waiter", "_worked_on", "deadline", "kind", "request_id",
     )  # fmt: skip
 
     def __init__(
@@ -67,7 +87,6 @@ class Pending(Generic[Rep]):
         client: WorkQueueClient,
         kind: JobKind[Any, Rep],
         request_id: str,
-        receive: MemoryObjectReceiveStream[bytes],
         *,
         deadline: float,
         keepalive: float,
@@ -76,19 +95,30 @@ class Pending(Generic[Rep]):
         self._client = client
         self.kind = kind
         self.request_id = request_id
-        self._receive = receive
+        self._replies: deque[bytes] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self.deadline = deadline
         self._keepalive = keepalive
         self._give_up = give_up
         self._decoder: msgspec.json.Decoder[Any] = _decoder(kind)
         self._order = ReplyOrder(kind.commit)
         self._worked_on: float | None = None  # when a worker last said it holds this request
-        self._closed = False
+        self._closed = False  # the route is gone: no more replies will come
+        self._finished = False  # close() was called
 
     @property
     def worker_id(self) -> str | None:
         """The worker whose answer this is (None until one answered)."""
         return self._order.worker_id
+
+    def deliver(self, data: bytes) -> None:
+        """A message on this request's route (called by the client's subscription)."""
+        if len(self._replies) >= BUFFERED_REPLIES:
+            log.warning("work_queue.reply_dropped", request_id=self.request_id)
+            return
+        self._replies.append(data)
+        if self._waiter is not None:
+            _wake(self._waiter)
 
     async def next(self) -> Rep:
         """The next reply. Raises DeadlinePassed, ReplyLost on silence, ReplyIncomplete on a gap."""
@@ -121,20 +151,18 @@ class Pending(Generic[Rep]):
             remaining = self.deadline - time.time()
             if remaining <= 0:
                 raise DeadlinePassed(f"The request timed out before the {self.kind.worker} answered")
-            # before a worker has answered, the request may wait in the queue until its deadline (or until
-            # ``give_up`` says there is no point); once one has, it must keep talking
+            if self._replies:
+                return self._replies.popleft()
+            if self._closed:
+                raise ReplyIncomplete("the request's reply route was closed")
             bound = self._order.worker_id is not None
-            if bound:
-                wait = min(remaining, self._keepalive * SILENT_KEEPALIVES)
-            else:
-                wait = remaining if self._give_up is None else min(remaining, GIVE_UP_CHECK_S)
-            if tick_end is not None:
-                wait = min(wait, max(0.0, tick_end - time.monotonic()))
-            with anyio.move_on_after(wait):
-                try:
-                    return await self._receive.receive()
-                except anyio.EndOfStream as exc:
-                    raise ReplyIncomplete("the request's reply route was closed") from exc
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await _wait(self._waiter, self._patience(remaining, tick_end, bound=bound))
+            finally:
+                self._waiter = None
+            if self._replies or self._closed:
+                continue
             if tick_end is not None and time.monotonic() >= tick_end:
                 return None
             if bound and self.deadline > time.time():
@@ -144,6 +172,18 @@ class Pending(Generic[Rep]):
                 if reason is not None:
                     raise reason
 
+    def _patience(self, remaining: float, tick_end: float | None, *, bound: bool) -> float:
+        """How long to wait for the next message: before a worker has answered, the request may wait in the
+        queue until its deadline (or until ``give_up`` says there is no point); once one has, it must keep
+        talking."""
+        if bound:
+            wait = min(remaining, self._keepalive * SILENT_KEEPALIVES)
+        else:
+            wait = remaining if self._give_up is None else min(remaining, GIVE_UP_CHECK_S)
+        if tick_end is not None:
+            wait = min(wait, max(0.0, tick_end - time.monotonic()))
+        return wait
+
     def _held(self) -> bool:
         """Whether a worker has said recently that it holds this request (then it is not given up: a
         draining worker finishes what it holds, even after it has left the registry)."""
@@ -152,15 +192,49 @@ class Pending(Generic[Rep]):
             and time.monotonic() - self._worked_on < self._keepalive * SILENT_KEEPALIVES
         )
 
+    def end(self) -> None:
+        """Stop routing replies here (what is already here can still be read)."""
+        self._closed = True
+        if self._waiter is not None:
+            _wake(self._waiter)
+
     async def close(self, *, cancel: bool) -> None:
         """Stop routing replies here; tell the worker to stop when the client did not get the whole answer."""
-        if self._closed:
+        if self._finished:
             return
-        self._closed = True
+        self._finished = True
         self._client.forget(self.request_id)
-        self._receive.close()
+        self._replies.clear()
         if cancel:
             await self._client.cancel(self.request_id)
+
+
+class _ApiError(msgspec.Struct):
+    code: int = 0
+    err_code: int = 0
+    description: str = ""
+
+
+class _PubAck(msgspec.Struct):
+    """JetStream's answer to a publish: the stream and sequence, or an error."""
+
+    stream: str = ""
+    seq: int = 0
+    error: _ApiError | None = None
+
+
+_ack_decoder = msgspec.json.Decoder(_PubAck)
+
+
+class _Refused(Exception):
+    def __init__(self, error: _ApiError) -> None:
+        super().__init__(error.description)
+        self.error = error
+
+
+def _time_out(waiter: asyncio.Future[Msg]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 _decoders: dict[str, msgspec.json.Decoder[Any]] = {}
@@ -184,8 +258,9 @@ class WorkQueueClient:
         self._queues = {kind.name: (kind, settings) for kind, settings in queues.items()}
         self.client_id = client_id or uuid.uuid4().hex[:12]
         self._inbox = f"_INBOX.modelbus.{self.client_id}"
-        self._routes: dict[str, MemoryObjectSendStream[bytes]] = {}
-        self._sub: Subscription | None = None
+        self._routes: dict[str, Pending[Any]] = {}
+        self._acks: dict[str, asyncio.Future[Msg]] = {}
+        self._subs: list[Subscription] = []
         self._js = nc.jetstream()
 
     def settings(self, kind: JobKind[Any, Any]) -> QueueSettings:
@@ -194,29 +269,31 @@ class WorkQueueClient:
     async def __aenter__(self) -> WorkQueueClient:
         for kind, settings in self._queues.values():
             await ensure_work_queue(self._js, kind, settings)
-        self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._route)
+        self._subs.append(await self.nc.subscribe(f"{self._inbox}.*", cb=self._route))
+        self._subs.append(await self.nc.subscribe(f"{self._inbox}.ack.*", cb=self._acked))
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._sub is not None:
-            with anyio.move_on_after(2, shield=True):
-                await self._sub.unsubscribe()
+        with anyio.move_on_after(2, shield=True):
+            for sub in self._subs:
+                await sub.unsubscribe()
 
     async def _route(self, msg: Msg) -> None:
-        send = self._routes.get(msg.subject[len(self._inbox) + 1 :])
-        if send is None:
-            return  # the request is gone (client left, or a late duplicate)
-        try:
-            send.send_nowait(msg.data)
-        except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            log.warning("work_queue.reply_dropped", subject=msg.subject)
+        pending = self._routes.get(msg.subject[len(self._inbox) + 1 :])
+        if pending is not None:  # else the request is gone (client left, or a late duplicate)
+            pending.deliver(msg.data)
+
+    async def _acked(self, msg: Msg) -> None:
+        waiter = self._acks.get(msg.subject[len(self._inbox) + 5 :])
+        if waiter is not None and not waiter.done():
+            waiter.set_result(msg)
 
     def forget(self, request_id: str) -> None:
-        send = self._routes.pop(request_id, None)
-        if send is not None:
-            send.close()
+        pending = self._routes.pop(request_id, None)
+        if pending is not None:
+            pending.end()
 
     async def submit(
         self,
@@ -243,19 +320,22 @@ class WorkQueueClient:
         )
         if not self.nc.is_connected:
             raise BusUnavailable("The message bus is unavailable; retry shortly", retry_after=1)
-        send, receive = anyio.create_memory_object_stream[bytes](BUFFERED_REPLIES)
-        self._routes[request_id] = send
+        pending: Pending[Rep] = Pending(
+            self, kind, request_id, deadline=deadline, keepalive=settings.keepalive, give_up=give_up
+        )
+        self._routes[request_id] = pending
         try:
-            await self._js.publish(
-                kind.subject(queue), _encoder.encode(request), timeout=5, headers={"Nats-Msg-Id": request_id}
-            )
-        except APIError as exc:
+            await self._publish(kind.subject(queue), _encoder.encode(request), request_id)
+        except _Refused as exc:
             self.forget(request_id)
-            if exc.err_code in QUEUE_FULL_CODES:
+            if exc.error.err_code in QUEUE_FULL_CODES:
                 raise QueueFull(
                     f"The {kind.label(queue)} queue is full; retry later", retry_after=settings.retry_after
-                ) from exc
-            raise BusUnavailable(f"The message bus refused the request: {exc}", retry_after=1) from exc
+                ) from None
+            raise BusUnavailable(
+                f"The message bus refused the request: {exc.error.description} (code {exc.error.err_code})",
+                retry_after=1,
+            ) from None
         except (nats.errors.Error, TimeoutError) as exc:
             self.forget(request_id)
             raise BusUnavailable(
@@ -267,9 +347,29 @@ class WorkQueueClient:
             with anyio.CancelScope(shield=True):
                 await self.cancel(request_id)
             raise
-        return Pending(
-            self, kind, request_id, receive, deadline=deadline, keepalive=settings.keepalive, give_up=give_up
-        )
+        return pending
+
+    async def _publish(self, subject: str, data: bytes, request_id: str) -> None:
+        """Publish onto the work queue and wait for JetStream's acknowledgement (what ``js.publish`` does,
+        without its per-call inbox and JSON parsing). Raises _Refused, TimeoutError or nats errors."""
+        waiter: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        self._acks[request_id] = waiter
+        try:
+            await self.nc.publish(
+                subject, data, reply=f"{self._inbox}.ack.{request_id}", headers={"Nats-Msg-Id": request_id}
+            )
+            timer = asyncio.get_running_loop().call_later(PUBLISH_TIMEOUT_S, _time_out, waiter)
+            try:
+                msg = await waiter
+            finally:
+                timer.cancel()
+        finally:
+            self._acks.pop(request_id, None)
+        if not msg.data and msg.headers and msg.headers.get("Status") == "503":
+            raise nats.errors.NoRespondersError
+        ack = _ack_decoder.decode(msg.data)
+        if ack.error is not None:
+            raise _Refused(ack.error)
 
     async def cancel(self, request_id: str) -> None:
         """Tell whichever worker holds (or will take) ``request_id`` to stop."""

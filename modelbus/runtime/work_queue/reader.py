@@ -71,10 +71,12 @@ class WorkQueueReader:
             self._sub = None
         self._pulls.clear()
 
-    async def ask(self, free_slots: int) -> None:
-        """Ask for as many messages as there are free slots not already asked for."""
-        wanted = free_slots - self.owed
-        if wanted <= 0:
+    async def ask(self, free_slots: int, *, at_least: int = 1) -> None:
+        """Ask for as many messages as there are free slots not already asked for: when nothing is asked
+        for, or once that is ``at_least`` (so a busy worker does not send a pull request per message)."""
+        owed = self.owed
+        wanted = free_slots - owed
+        if wanted <= 0 or (owed and wanted < at_least):
             return
         request = {"batch": wanted, "expires": int(self._expires * 1e9)}
         try:
@@ -154,7 +156,8 @@ class SlotConsumer:
             try:
                 while self.intake:
                     if self._ready():
-                        await reader.ask(self._capacity() - self.in_flight)
+                        capacity = self._capacity()
+                        await reader.ask(capacity - self.in_flight, at_least=max(1, capacity // 4))
                     self._changed = anyio.Event()
                     with anyio.move_on_after(PULL_RECHECK):
                         await self._changed.wait()
