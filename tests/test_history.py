@@ -7,6 +7,7 @@ provider, and the official ``openai`` SDK as the client. Each test writes its ow
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -84,7 +85,9 @@ async def rows_when(engine: ClickHouse, table: str, where: str, count: int) -> l
 
 def _settings(table: str, **changes: Any) -> HistorySettings:
     # keep_days 0: the tests write events from long ago, which a TTL would drop at once
-    return msgspec.structs.replace(HistorySettings(enabled=True, table=table, flush_interval=0.1, keep_days=0), **changes)
+    return msgspec.structs.replace(
+        HistorySettings(enabled=True, table=table, flush_interval=0.1, keep_days=0), **changes
+    )
 
 
 async def _recording(nc: Any) -> tuple[str, HistorySettings, TaskRecorder]:
@@ -335,6 +338,12 @@ def test_modelbus_up_runs_a_sink_only_where_the_history_can_be_queried(tmp_path:
         ),
         "runtime:\n  http: {processes: 2}\n" + model: (
             ["registry", "model-worker:m", "ingress-1", "ingress-2"], False,
+        ),
+        "runtime:\n  http: {processes: auto}\n" + model: (
+            ["registry", "model-worker:m"]
+            + (["ingress"] if len(os.sched_getaffinity(0)) < 4 else
+               [f"ingress-{n}" for n in range(1, len(os.sched_getaffinity(0)) // 2 + 1)]),
+            False,
         ),
     }  # fmt: skip
     for text, (expected, recorded) in cases.items():

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
+import anyio.abc
 import httpx
 import msgspec
 import openai
@@ -273,6 +274,36 @@ async def test_openapi_documents_both_list_formats_and_the_error_shape(nc: Clien
     assert "404" in retrieve["responses"]
     entry = schema["components"]["schemas"]["ModelEntry"]
     assert set(entry["required"]) == {"id", "owned_by", "datasets", "created"}
+
+
+async def test_ingress_processes_share_a_port_only_when_configured_to(nc: Client) -> None:
+    """``runtime.http.processes`` above 1: each ingress binds the same port (SO_REUSEPORT) and both answer;
+    left at 1, a second ingress on a taken port still fails at once."""
+    base = ingress_config()
+    shared = msgspec.structs.replace(
+        base,
+        runtime=msgspec.structs.replace(
+            base.runtime, http=msgspec.structs.replace(base.runtime.http, processes=2)
+        ),
+    )
+    stop_first = anyio.Event()
+
+    async def first(*, task_status: anyio.abc.TaskStatus[int]) -> None:
+        async with IngressServer(shared, nc) as server:
+            task_status.started(server.port)
+            await stop_first.wait()
+
+    async with anyio.create_task_group() as tg, httpx.AsyncClient() as http:
+        port: int = await tg.start(first)
+        async with IngressServer(shared, nc, port=port) as second:
+            with pytest.raises(OSError):  # one that does not share refuses to bind beside them
+                async with IngressServer(base, nc, port=port):
+                    pass
+            assert (await http.get(f"{second.url}/health")).status_code == 200
+            stop_first.set()  # the first one leaves: the second takes every new connection
+            for _ in range(5):
+                response = await http.get(f"{second.url}/health", headers={"Connection": "close"})
+                assert response.status_code == 200
 
 
 async def test_lifecycle_port_zero_busy_port_and_shutdown(nc: Client) -> None:

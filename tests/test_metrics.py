@@ -120,6 +120,8 @@ async def test_requests_latency_tokens_and_statuses_are_counted(
             await client.chat.completions.create(model=MODEL, messages=[])
         with pytest.raises(openai.NotFoundError):
             await client.models.retrieve("secret-looking-model-id-9f2")
+        await client.models.list()  # the ingress's fast lane
+        assert (await http.get("/v1/models?status=true", headers=AUTH)).status_code == 200  # Litestar's
         assert (await http.delete(CHAT, headers=AUTH)).status_code == 405
         assert (await http.get("/no/such/path-7d1e", headers=AUTH)).status_code == 404
 
@@ -165,6 +167,9 @@ async def test_requests_latency_tokens_and_statuses_are_counted(
             delta(after, "modelbus_http_requests_total", route=CHAT, method="POST", status="400", model="")
             == 1
         )
+        # the fast lane counts its answers under the route's own name, as Litestar's router does
+        listed = {"route": "/v1/models", "method": "GET", "status": "200", "model": ""}
+        assert delta(after, "modelbus_http_requests_total", **listed) == 2
         retrieve = {"route": "/v1/models/{model_id}", "method": "GET", "status": "404", "model": ""}
         assert delta(after, "modelbus_http_requests_total", **retrieve) == 1
         # requests that reached no route share one label value, whatever their path

@@ -186,7 +186,7 @@ class Launcher:
         if runtime.history.enabled and not (runtime.clickhouse.embedded and self.config.datasets):
             # with the embedded engine and an NSQL worker, that worker keeps the history (NSQL can query it)
             children.append(Child("history", self._argv("history", url=url), stop_timeout=grace))
-        count = runtime.http.processes
+        count = runtime.http.process_count
         children += [
             Child(
                 "ingress" if count == 1 else f"ingress-{n}",

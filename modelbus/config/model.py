@@ -6,6 +6,7 @@ seconds.
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -45,8 +46,15 @@ class HttpSettings(_Section, frozen=True):
     host: str = "127.0.0.1"
     port: Port = 8090
     max_body_bytes: PositiveInt = 4 * 1024 * 1024
-    # ingress processes `modelbus up` starts, sharing the port (SO_REUSEPORT); each is one core at most
-    processes: PositiveInt = 1
+    # ingress processes `modelbus up` starts, sharing the port (SO_REUSEPORT); each is one core at most.
+    # `auto`: half the cores this process may use (the workers and nats-server want the other half)
+    processes: PositiveInt | Literal["auto"] = 1
+
+    @property
+    def process_count(self) -> int:
+        if self.processes == "auto":
+            return max(1, len(os.sched_getaffinity(0)) // 2)
+        return self.processes
 
 
 class NatsSettings(_Section, frozen=True):

@@ -14,7 +14,7 @@ from litestar.types import ASGIApp
 
 from modelbus.config import Config
 from modelbus.ingress.auth import ApiKeyAuth
-from modelbus.ingress.controllers.chat import chat_router
+from modelbus.ingress.controllers.chat import ChatCompletions, chat_router
 from modelbus.ingress.controllers.embeddings import embeddings_router
 from modelbus.ingress.controllers.events import events_router
 from modelbus.ingress.controllers.health import health_router
@@ -60,14 +60,13 @@ def create_app(
     depths = QueueDepths(client.nc.jetstream(), views)
     metrics = IngressMetrics(views, depths)
     renderer = ModelRenderer(views)
+    chat = ChatCompletions(views, client, config.runtime.chat, recorder, embedding_models=embedding)
     app = Litestar(
         route_handlers=[
             health_router(views),
             models_router(views, renderer, security=security),
             events_router(views, security=security),
-            chat_router(
-                views, client, config.runtime.chat, recorder, security=security, embedding_models=embedding
-            ),
+            chat_router(chat, security=security),
             embeddings_router(config, views, client, recorder, security=security),
             nsql_router(config, views, client, recorder, security=security),
             *optional,
@@ -80,7 +79,9 @@ def create_app(
         debug=False,
     )
     # Litestar's own middleware runs only after routing has found a route; these must see every request.
-    handler: ASGIApp = FastLane(app.asgi_handler, views, renderer)
+    handler: ASGIApp = FastLane(
+        app.asgi_handler, views, renderer, chat, max_body_bytes=config.runtime.http.max_body_bytes
+    )
     if api_keys:
         handler = ApiKeyAuth(handler, api_keys)
     app.asgi_handler = RequestMetrics(RequestLogging(handler), metrics)

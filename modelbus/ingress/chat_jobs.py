@@ -3,12 +3,10 @@ table, and waiting for a job's first reply while watching the client."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import anyio
-from litestar import Request
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec.security_requirement import SecurityRequirement
+from litestar.types import Receive
 
 from modelbus.ingress.disconnect import unless_disconnected
 from modelbus.ingress.errors import error_spec, failure_error
@@ -33,12 +31,12 @@ def chat_job_errors(security: list[SecurityRequirement] | None) -> dict[int, Res
     return errors
 
 
-async def first_reply(request: Request[Any, Any, Any], pending: Pending[ChatReply]) -> ChatReply | None:
+async def first_reply(receive: Receive, pending: Pending[ChatReply]) -> ChatReply | None:
     """The job's first reply; None when the client left first (the job is cancelled, so a queued one never
     starts). A failure is raised as the client's error; a result closes the job's route; a chunk leaves it
     open for the stream."""
     try:
-        first = await unless_disconnected(request, pending.next)
+        first = await unless_disconnected(receive, pending.next)
     except BaseException:
         with anyio.CancelScope(shield=True):
             await pending.close(cancel=True)

@@ -34,6 +34,7 @@ __all__ = (
     "ApiError",
     "ErrorBody",
     "ErrorDetail",
+    "api_error_body",
     "bus_failure_error",
     "error_body",
     "error_spec",
@@ -128,11 +129,15 @@ def _validation_message(exc: ValidationException) -> tuple[str, str | None]:
     return message[:_MAX_DETAIL], param
 
 
+def api_error_body(exc: ApiError) -> ErrorBody:
+    """What an ApiError says, in the error shape (for Litestar's handler and the fast lane alike)."""
+    return error_body(exc.status_code, exc.detail, code=exc.code, type_=exc.type, param=exc.param)
+
+
 def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
     status = exc.status_code
     if isinstance(exc, ApiError):
-        body = error_body(status, exc.detail, code=exc.code, type_=exc.type, param=exc.param)
-        return _respond(status, body, exc.headers)
+        return _respond(status, api_error_body(exc), exc.headers)
     param: str | None = None
     if isinstance(exc, ValidationException):
         message, param = _validation_message(exc)

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from litestar import Request, Response
+from litestar import Response
 from litestar.exceptions import HTTPException
 from litestar.response import Stream
+from litestar.types import Scope
 
 from modelbus.ingress.errors import ApiError
 from modelbus.runtime.tasks.recorder import TaskRecorder
@@ -24,41 +25,50 @@ __all__ = ("RequestTask",)
 
 
 class RequestTask(TaskSpan):
-    __slots__ = ("request",)
+    __slots__ = ("state",)
 
     def __init__(
         self,
         recorder: TaskRecorder,
-        request: Request[Any, Any, Any],
+        scope: Scope,
         *,
         task: str,
         model: str,
         input: str | None,
     ) -> None:
-        super().__init__(
-            recorder, task=task, traceparent=request.headers.get("traceparent"), model=model, input=input
-        )
-        self.request = request
+        super().__init__(recorder, task=task, traceparent=_traceparent(scope), model=model, input=input)
+        self.state: dict[str, Any] = scope.setdefault("state", {})
 
     def set_usage(self, usage: Usage | None) -> None:
         super().set_usage(usage)
         if self.usage is not None:
-            self.request.state.usage = (self.usage.prompt_tokens or 0, self.usage.completion_tokens or 0)
+            self.state["usage"] = (self.usage.prompt_tokens or 0, self.usage.completion_tokens or 0)
+
+    async def fail(self, exc: BaseException) -> None:
+        """Finish with what ``exc``, raised before any response, tells the client (anything but an HTTP
+        error or a bus failure means the client left)."""
+        if isinstance(exc, HTTPException):  # ApiError and Litestar's own (413 for a body over the limit)
+            code = exc.code if isinstance(exc, ApiError) else None
+            await self.finish(exc.status_code or 500, error_code=code, error_message=exc.detail)
+        elif isinstance(exc, BusFailure):
+            await self.finish(exc.status, error_code=exc.code, error_message=exc.message)
+        else:
+            await self.finish(499, error_code="client_closed")
 
     async def around(self, answer: Callable[[], Awaitable[Response[Any]]]) -> Response[Any]:
         """Run the handler's work and finish the span with its outcome (a stream finishes it itself)."""
         try:
             response = await answer()
-        except HTTPException as exc:  # ApiError and Litestar's own (413 for a body over the limit)
-            code = exc.code if isinstance(exc, ApiError) else None
-            await self.finish(exc.status_code or 500, error_code=code, error_message=exc.detail)
-            raise
-        except BusFailure as exc:
-            await self.finish(exc.status, error_code=exc.code, error_message=exc.message)
-            raise
-        except BaseException:
-            await self.finish(499, error_code="client_closed")
+        except BaseException as exc:
+            await self.fail(exc)
             raise
         if not isinstance(response, Stream):
             await self.finish(response.status_code or 200)
         return response
+
+
+def _traceparent(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"traceparent":
+            return value.decode("latin-1")
+    return None

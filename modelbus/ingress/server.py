@@ -109,7 +109,7 @@ class IngressServer:
     async def __aenter__(self) -> IngressServer:
         async with AsyncExitStack() as stack:
             # first, so a busy port fails plainly and at once (unless ingress processes share it on purpose)
-            shared = self._config.runtime.http.processes > 1
+            shared = self._config.runtime.http.process_count > 1
             sock = _bind(self._host, self._requested_port, shared=shared)
             stack.callback(sock.close)
             self._port = int(sock.getsockname()[1])

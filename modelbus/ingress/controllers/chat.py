@@ -7,7 +7,7 @@ queue, and answered from the worker's replies: one JSON body, or server-sent eve
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from functools import partial
 from typing import Annotated, Any
 
@@ -19,6 +19,7 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Schema
 from litestar.openapi.spec.security_requirement import SecurityRequirement
 from litestar.params import Body
 from litestar.response import Stream
+from litestar.types import Receive, Scope
 
 from modelbus.config import ChatSettings
 from modelbus.ingress.chat_jobs import chat_job_errors, first_reply
@@ -35,7 +36,7 @@ from modelbus.runtime.work_queue.errors import BusFailure, ReplyLost
 from modelbus.schemas.chat import CHAT, ChatChunk, ChatEnd, ChatFailure, ChatReply, ChatRequest, ChatResult
 from modelbus.schemas.openai import ChatCompletionRequest
 
-__all__ = ("chat_router",)
+__all__ = ("SSE_HEADERS", "ChatCompletions", "chat_router")
 
 log = structlog.get_logger(__name__)
 _encoder = msgspec.json.Encoder()
@@ -71,7 +72,9 @@ def _sse_error(status: int, message: str, code: str, type_: str = "server_error"
     return b"event: error\ndata: " + body + b"\n\n"
 
 
-async def _events(pending: Pending[ChatReply], first: ChatReply, task: RequestTask) -> AsyncIterator[bytes]:
+async def _events(
+    pending: Pending[ChatReply], first: ChatReply, task: RequestTask
+) -> AsyncGenerator[bytes, None]:
     """SSE bytes from the worker's chunks; a failure after the first chunk is an error event, then the end."""
     complete = False
     status, code, message = 200, None, None  # what the history records: the stream's real outcome
@@ -109,15 +112,60 @@ async def _events(pending: Pending[ChatReply], first: ChatReply, task: RequestTa
             await task.finish(status, error_code=code, error_message=message)
 
 
-def chat_router(
-    views: ModelViewStore,
-    client: WorkQueueClient,
-    settings: ChatSettings,
-    recorder: TaskRecorder,
-    *,
-    security: list[SecurityRequirement] | None,
-    embedding_models: frozenset[str] = frozenset(),
-) -> Router:
+class ChatCompletions:
+    """The route's work, shared by its Litestar handler and the ingress's fast lane: check the model, queue
+    the job, wait for its first reply (watching the client), and the stream's events after it."""
+
+    def __init__(
+        self, views: ModelViewStore, client: WorkQueueClient, settings: ChatSettings, recorder: TaskRecorder,
+        *, embedding_models: frozenset[str] = frozenset(),
+    ) -> None:  # fmt: skip
+        self.views = views
+        self.client = client
+        self.settings = settings
+        self.recorder = recorder
+        self.embedding_models = embedding_models
+
+    def task(self, scope: Scope, data: ChatCompletionRequest) -> RequestTask:
+        """The request's span (and its model, for the metrics)."""
+        task = RequestTask(
+            self.recorder,
+            scope,
+            task="chat_stream" if data.stream else "chat",
+            model=data.model if self.views.get(data.model) is not None else "",  # never a made-up name
+            input=chat_input(data.messages) if self.recorder.keeps_text else None,
+        )
+        task.state["model"] = data.model
+        return task
+
+    async def start(
+        self, data: ChatCompletionRequest, body: bytes, task: RequestTask, receive: Receive
+    ) -> tuple[Pending[ChatReply], ChatReply] | None:
+        """The job's first reply (a result closes the job; a chunk leaves it open for the stream), or None
+        when the client left first. A refusal or failure is raised as the client's error."""
+        check_chat_model(self.views, data.model, self.embedding_models)
+        stream = bool(data.stream)
+        include_usage = bool(stream and data.stream_options and data.stream_options.include_usage)
+        # the bus id is always ours: a client's x-request-id may repeat or hold characters subjects can't
+        request_id = task.request_id = unique_hex()
+        structlog.contextvars.bind_contextvars(bus_request_id=request_id)
+        job = ChatRequest(
+            request_id=request_id,
+            model=data.model,
+            body=msgspec.Raw(body),
+            stream=stream,
+            include_usage=include_usage,
+            traceparent=task.traceparent,
+        )
+        give_up = give_up_when_failed(self.views, data.model, grace=self.settings.error_grace)
+        pending = await self.client.submit(CHAT, job, queue=data.model, give_up=give_up)
+        first = await first_reply(receive, pending)
+        return None if first is None else (pending, first)
+
+    events = staticmethod(_events)
+
+
+def chat_router(chat: ChatCompletions, *, security: list[SecurityRequirement] | None) -> Router:
     errors = chat_job_errors(security)
 
     @post(
@@ -131,43 +179,20 @@ def chat_router(
         operation_class=operation_with_content({"200": _COMPLETION_CONTENT}),
     )
     async def create_chat_completion(request: Request[Any, Any, Any], data: ChatBody) -> Response[Any]:
-        stream = bool(data.stream)
-        request.state.model = data.model
-        task = RequestTask(
-            recorder,
-            request,
-            task="chat_stream" if stream else "chat",
-            model=data.model if views.get(data.model) is not None else "",  # never a client's made-up name
-            input=chat_input(data.messages) if recorder.keeps_text else None,
-        )
+        task = chat.task(request.scope, data)
         return await task.around(partial(_complete, request, data, task))
 
     async def _complete(
         request: Request[Any, Any, Any], data: ChatCompletionRequest, task: RequestTask
     ) -> Response[Any]:
-        check_chat_model(views, data.model, embedding_models)
-        stream = bool(data.stream)
-        include_usage = bool(stream and data.stream_options and data.stream_options.include_usage)
-        # the bus id is always ours: a client's x-request-id may repeat or hold characters subjects can't
-        request_id = task.request_id = unique_hex()
-        structlog.contextvars.bind_contextvars(bus_request_id=request_id)
-        job = ChatRequest(
-            request_id=request_id,
-            model=data.model,
-            body=msgspec.Raw(await request.body()),
-            stream=stream,
-            include_usage=include_usage,
-            traceparent=task.traceparent,
-        )
-        give_up = give_up_when_failed(views, data.model, grace=settings.error_grace)
-        pending = await client.submit(CHAT, job, queue=data.model, give_up=give_up)
-        first = await first_reply(request, pending)
-        if first is None:  # the client left; nobody will read a response
+        started = await chat.start(data, await request.body(), task, request.receive)
+        if started is None:  # the client left; nobody will read a response
             return Response(content=b"", status_code=499)
+        pending, first = started
         if isinstance(first, ChatResult):
             data_bytes = bytes(first.data)
             task.add_completion(data_bytes)
             return Response(content=data_bytes, media_type=MediaType.JSON)
-        return Stream(_events(pending, first, task), media_type="text/event-stream", headers=SSE_HEADERS)
+        return Stream(chat.events(pending, first, task), media_type="text/event-stream", headers=SSE_HEADERS)
 
     return Router(path="/v1", route_handlers=[create_chat_completion])

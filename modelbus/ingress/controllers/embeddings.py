@@ -101,7 +101,7 @@ def embeddings_router(
     async def create_embeddings(request: Request[Any, Any, Any], data: EmbeddingsBody) -> Response[Any]:
         request.state.model = data.model
         known = data.model if config.embedding(data.model) is not None else ""
-        task = RequestTask(recorder, request, task="text_embed", model=known, input=None)
+        task = RequestTask(recorder, request.scope, task="text_embed", model=known, input=None)
         return await task.around(partial(_embed, request, data, task))
 
     async def _embed(
@@ -145,7 +145,7 @@ def embeddings_router(
         pending = await client.submit(EMBED, job, queue=model.name)
         answered = False
         try:
-            reply = await unless_disconnected(request, pending.next)
+            reply = await unless_disconnected(request.receive, pending.next)
             answered = reply is not None
         finally:
             with anyio.CancelScope(shield=True):

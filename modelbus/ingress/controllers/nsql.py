@@ -208,7 +208,11 @@ def nsql_router(
     async def nsql(request: Request[Any, Any, Any], data: NsqlBody) -> Response[Any]:
         known = data.model if data.model and views.get(data.model) is not None else ""
         task = RequestTask(
-            recorder, request, task="nsql", model=known, input=data.query if recorder.keeps_text else None
+            recorder,
+            request.scope,
+            task="nsql",
+            model=known,
+            input=data.query if recorder.keeps_text else None,
         )
         return await task.around(partial(_answer, request, data, task))
 
@@ -239,7 +243,7 @@ def nsql_router(
             return Stream(events, media_type=EVENT_STREAM, headers=SSE_HEADERS)
         answered = False
         try:
-            got = await unless_disconnected(request, reader.wait)
+            got = await unless_disconnected(request.receive, reader.wait)
             answered = got is not None
         finally:
             with anyio.CancelScope(shield=True):  # the client left, or no answer: stop the work

@@ -211,7 +211,8 @@ def responses_router(
     async def create_response(request: Request[Any, Any, Any], data: ResponsesBody) -> Response[Any]:
         request.state.model = data.model
         task = RequestTask(
-            recorder, request, task="ai_chat", model=data.model if views.get(data.model) is not None else "",
+            recorder, request.scope, task="ai_chat",
+            model=data.model if views.get(data.model) is not None else "",
             input=data.input if isinstance(data.input, str) and recorder.keeps_text else None,
         )  # fmt: skip
         task.labels["api"] = "responses"
@@ -250,7 +251,7 @@ def responses_router(
         answer = _Answer(store, call, task, owner)
         give_up = give_up_when_failed(views, data.model, grace=settings.error_grace)
         pending = await client.submit(CHAT, job, queue=data.model, give_up=give_up)
-        first = await first_reply(request, pending)
+        first = await first_reply(request.receive, pending)
         if first is None:  # the client left
             return Response(content=b"", status_code=499)
         if isinstance(first, ChatResult):

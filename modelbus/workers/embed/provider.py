@@ -21,7 +21,7 @@ from modelbus.workers.model.providers.errors import (
     UpstreamResponse,
     upstream_error,
 )
-from modelbus.workers.model.providers.upstream_http import post_answer, probe
+from modelbus.workers.model.providers.upstream_http import post_answer, probe, upstream_session
 from modelbus.workers.model.state import ModelState
 
 __all__ = ("Embedded", "OpenAIEmbedder")
@@ -69,7 +69,7 @@ class OpenAIEmbedder:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self.state.capacity + 2, keepalive_timeout=30)
-            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
+            self._session = upstream_session(connector, self._headers)
         return self._session
 
     async def check(self) -> None:

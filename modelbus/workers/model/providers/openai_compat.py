@@ -7,6 +7,7 @@ The HTTP client is aiohttp: on this path it spends a fraction of the CPU per req
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from modelbus.workers.model.providers.errors import (
     transport_error,
     upstream_error,
 )
-from modelbus.workers.model.providers.upstream_http import post_answer, probe
+from modelbus.workers.model.providers.upstream_http import post_answer, probe, upstream_session
 from modelbus.workers.model.providers.usage import UsageCounter, usage_chunk
 from modelbus.workers.model.state import ModelState
 
@@ -32,6 +33,7 @@ _encoder = msgspec.json.Encoder()
 _DATA = b"data:"
 _ERROR_EVENT = b"error:"  # how older llama-server builds send an error inside a stream
 _DONE = b"[DONE]"
+MAX_LINE_BYTES = 16 * 1024 * 1024  # one stream event (a line) from the upstream, at most
 
 
 class _Delta(msgspec.Struct):
@@ -97,7 +99,7 @@ class OpenAIProvider:
                 if self._unix_socket is not None
                 else aiohttp.TCPConnector(limit=limit, **reuse)
             )
-            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
+            self._session = upstream_session(connector, self._headers)
         return self._session
 
     async def check(self) -> None:
@@ -142,7 +144,7 @@ class OpenAIProvider:
                     raise upstream_error(
                         UpstreamResponse(response.status, await response.read()), self._api_key
                     )
-                async for raw_line in response.content:
+                async for raw_line in _lines(response.content):
                     line = raw_line.strip()
                     if line.startswith(_DATA) and line[len(_DATA) :].strip() != _DONE:
                         await emit(line[len(_DATA) :].strip())
@@ -169,7 +171,7 @@ class OpenAIProvider:
                     raise upstream_error(
                         UpstreamResponse(response.status, await response.read()), self._api_key
                     )
-                async for raw_line in response.content:
+                async for raw_line in _lines(response.content):
                     line = raw_line.strip()
                     if line.startswith(_ERROR_EVENT):
                         raise stream_error(line[len(_ERROR_EVENT) :].strip(), self._api_key)
@@ -204,3 +206,17 @@ class OpenAIProvider:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+
+async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The body's lines, from whatever has arrived at each read (aiohttp's own line iteration searches and
+    copies its buffer once per line: several times the cost, for a stream of small events)."""
+    rest = b""
+    async for data in content.iter_any():
+        *lines, rest = (rest + data).split(b"\n")
+        for line in lines:
+            yield line
+        if len(rest) > MAX_LINE_BYTES:
+            raise ProviderError(502, f"the upstream sent a stream line over {MAX_LINE_BYTES} bytes")
+    if rest:
+        yield rest

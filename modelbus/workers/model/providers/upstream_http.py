@@ -15,7 +15,13 @@ from modelbus.workers.model.providers.errors import (
     upstream_message,
 )
 
-__all__ = ("post_answer", "probe")
+__all__ = ("post_answer", "probe", "upstream_session")
+
+
+def upstream_session(connector: aiohttp.BaseConnector, headers: dict[str, str]) -> aiohttp.ClientSession:
+    """A session to one upstream. No cookie jar: a provider's cookies must not pass from one client's request
+    to another's (and none is kept, filtered or merged on every call)."""
+    return aiohttp.ClientSession(connector=connector, headers=headers, cookie_jar=aiohttp.DummyCookieJar())
 
 
 async def probe(
