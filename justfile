@@ -47,7 +47,7 @@ fmt:
     {{ venv }}/ruff check --fix .
 
 [group('check')]
-[doc('benchmarks: chat straight to a stand-in upstream and through modelbus; NSQL outside the model; local generation, raw llama-server and through modelbus; local embeddings, raw engine and through modelbus (--seconds, --tokens, --concurrency, --rounds)')]
+[doc('benchmarks: the gateway (chat, streams, listings; straight to a fast stand-in and through modelbus up, with wrk when installed; CPU per request and RSS of every process); NSQL outside the model; local generation, raw llama-server and through modelbus; local embeddings, raw engine and through modelbus (--seconds, --tokens, --concurrency, --rounds)')]
 bench *args:
     {{ venv }}/python -m tests.bench "$@"
 

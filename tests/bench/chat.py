@@ -109,7 +109,8 @@ async def deployment(
     port = free_port()
     state = workdir / f"state-{ingress}"
     config = (
-        f"runtime:\n  http: {{port: {port}, processes: {ingress}}}\n  state_dir: {state}\n"
+        f"runtime:\n  http: {{port: {port}{f', processes: {ingress}' if ingress > 1 else ''}}}\n"
+        f"  state_dir: {state}\n"
         "  chat: {queue_depth: 4096}\n"
         + "".join(f"  {setting}\n" for setting in runtime)
         + f"models:\n  - name: {MODEL}\n    from: openai:{MODEL}\n"

@@ -71,13 +71,18 @@ class WorkQueueReader:
             self._sub = None
         self._pulls.clear()
 
+    def wants(self, free_slots: int, *, at_least: int = 1) -> bool:
+        """Whether :meth:`ask` would ask for more now."""
+        owed = self.owed
+        wanted = free_slots - owed
+        return wanted > 0 and (not owed or wanted >= at_least)
+
     async def ask(self, free_slots: int, *, at_least: int = 1) -> None:
         """Ask for as many messages as there are free slots not already asked for: when nothing is asked
         for, or once that is ``at_least`` (so a busy worker does not send a pull request per message)."""
-        owed = self.owed
-        wanted = free_slots - owed
-        if wanted <= 0 or (owed and wanted < at_least):
+        if not self.wants(free_slots, at_least=at_least):
             return
+        wanted = free_slots - self.owed
         request = {"batch": wanted, "expires": int(self._expires * 1e9)}
         try:
             await self.nc.publish(self._next_subject, _encoder.encode(request), reply=self._inbox)
@@ -128,6 +133,7 @@ class SlotConsumer:
         self._changed = anyio.Event()
         self._idle = anyio.Event()
         self._idle.set()
+        self._reader: WorkQueueReader | None = None
 
     def wake(self) -> None:
         """Look at the free slots again now (after a status change, say)."""
@@ -150,18 +156,19 @@ class SlotConsumer:
                 on_message=lambda msg: self._take(msg, tg), on_change=self.wake,
             )  # fmt: skip
             await reader.start()
+            self._reader = reader
             task_status.started()
             for task in background:
                 tg.start_soon(task)
             try:
                 while self.intake:
                     if self._ready():
-                        capacity = self._capacity()
-                        await reader.ask(capacity - self.in_flight, at_least=max(1, capacity // 4))
+                        await reader.ask(self._capacity() - self.in_flight, at_least=self._at_least())
                     self._changed = anyio.Event()
                     with anyio.move_on_after(PULL_RECHECK):
                         await self._changed.wait()
             finally:
+                self._reader = None
                 with anyio.CancelScope(shield=True):
                     await reader.stop()
 
@@ -179,9 +186,16 @@ class SlotConsumer:
             await self._handle(msg, tg)
         finally:
             self._count(-1)
-            self._changed.set()
+            reader = self._reader
+            # wake the loop only when it would ask for more (a busy worker's every answer need not)
+            if reader is None or reader.wants(self._capacity() - self.in_flight, at_least=self._at_least()):
+                self._changed.set()
             if self.in_flight == 0:
                 self._idle.set()
+
+    def _at_least(self) -> int:
+        """The fewest free slots worth a pull request while others are still owed."""
+        return max(1, self._capacity() // 4)
 
     def _count(self, delta: int) -> None:
         self.in_flight += delta
