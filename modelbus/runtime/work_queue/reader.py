@@ -84,13 +84,16 @@ class WorkQueueReader:
             return
         wanted = free_slots - self.owed
         request = {"batch": wanted, "expires": int(self._expires * 1e9)}
+        # counted before it is sent: a message may be delivered for it before publish returns
+        # (the server may answer up to its own expiry after ours: keep the request a little longer)
+        pull = _Pull(wanted, time.monotonic() + self._expires + 1.0)
+        self._pulls.append(pull)
         try:
             await self.nc.publish(self._next_subject, _encoder.encode(request), reply=self._inbox)
         except nats.errors.Error as exc:
             log.warning("work_queue.pull_failed", error=type(exc).__name__)
-            return
-        # the server may answer up to its own expiry after ours: keep the request a little longer
-        self._pulls.append(_Pull(wanted, time.monotonic() + self._expires + 1.0))
+            if pull in self._pulls:
+                self._pulls.remove(pull)
 
     async def _receive(self, msg: Msg) -> None:
         status = msg.headers.get("Status") if msg.headers else None
