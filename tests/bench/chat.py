@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,10 +26,8 @@ import httpx
 import msgspec
 
 from tests.bench.gateway import Deployment, Load, client_name, drive
-from tests.bench.system import run_main
+from tests.bench.system import free_port, run_main, wait_ready
 from tests.support.processes import ServiceProcess, modelbus_argv
-
-__all__ = ("free_port", "wait_ready")
 
 MODEL = "bench"
 SHORT = "Say something short."
@@ -62,25 +59,6 @@ SCENARIOS = (
     Scenario("20-chunk streams c=16", 16, stream=True),
     Scenario("GET /v1/models c=16", 16, method="GET", path="/v1/models"),
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def wait_ready(base: str, model: str, *, timeout: float = 60.0) -> None:
-    async with httpx.AsyncClient(base_url=base) as http:
-        for _ in range(int(timeout * 10)):
-            try:
-                r = await http.get(f"/v1/models/{model}", params={"status": "true"})
-                if r.status_code == 200 and r.json().get("status") == "ready":
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
-    raise TimeoutError("modelbus did not become ready")
 
 
 @asynccontextmanager

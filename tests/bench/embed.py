@@ -23,8 +23,7 @@ import httpx
 
 from modelbus.workers.embed.catalog import E5_SMALL, fetch_engine
 from modelbus.workers.embed.local import engine_argv
-from tests.bench.chat import free_port, wait_ready
-from tests.bench.system import run_main, running_system
+from tests.bench.system import free_port, run_main, running_system, wait_ready
 from tests.support.processes import ServiceProcess, wait_http_ok
 
 MODEL = "e5-small"

@@ -9,7 +9,6 @@ process ``modelbus up`` started (its children and theirs) and reads their CPU ti
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import resource
 import shutil
@@ -19,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.bench.loadgen import run_load
+from tests.bench.system import cpu_seconds
 
 __all__ = ("Deployment", "Load", "client_name", "drive")
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _WRK_SCRIPT = """wrk.method = "{method}"
 wrk.body = io.open("{body}", "rb"):read("*a")
 wrk.headers["Content-Type"] = "application/json"
@@ -149,10 +148,9 @@ class Deployment:
         found = {}
         for pid, name in self.names.items():
             try:
-                fields = _stat(pid)
+                found[name] = cpu_seconds(pid)
             except OSError:
                 continue
-            found[name] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
         return found
 
     def memory(self, key: str = "VmRSS") -> dict[str, float]:

@@ -40,9 +40,8 @@ from modelbus.config import ModelConfig, parse_config
 from modelbus.workers.model.catalog import model_cache_dir, resolve_model_file
 from modelbus.workers.model.engine.build import ENV_BINARY, find_llama_server, usable_cores
 from modelbus.workers.model.providers.local import llama_server_args
-from tests.bench.chat import cpu_seconds, free_port, wait_ready
 from tests.bench.soak import percentile
-from tests.bench.system import run_main, running_system
+from tests.bench.system import cpu_seconds, free_port, run_main, running_system, wait_ready
 from tests.support.processes import ServiceProcess, wait_http_ok
 
 CATALOG_MODEL = "qwen2.5-coder-0.5b-instruct"

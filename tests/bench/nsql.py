@@ -19,9 +19,8 @@ import httpx
 import msgspec
 import uvloop
 
-from tests.bench.chat import free_port
 from tests.bench.loadgen import post, run_load
-from tests.bench.system import running_system
+from tests.bench.system import free_port, running_system
 
 TOP5 = (
     "SELECT customer_id, customer_name, sum(total) AS total_sales FROM sales_data "

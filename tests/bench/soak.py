@@ -22,8 +22,7 @@ from pathlib import Path
 import aiohttp
 import msgspec
 
-from tests.bench.chat import free_port, wait_ready
-from tests.bench.system import System, rss_kib, run_main, running_system
+from tests.bench.system import System, free_port, rss_kib, run_main, running_system, wait_ready
 
 TOP5 = (
     "SELECT customer_id, customer_name, sum(total) AS total_sales FROM sales_data "

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import socket
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -18,7 +20,7 @@ import uvloop
 from modelbus.runtime.embedded_nats import EmbeddedNats
 from tests.support.processes import ServiceProcess, modelbus_argv
 
-__all__ = ("System", "rss_kib", "run_main", "running_system")
+__all__ = ("System", "cpu_seconds", "free_port", "rss_kib", "run_main", "running_system", "wait_ready")
 
 # service name -> the ``modelbus`` sub-command that runs it
 SERVICES: Mapping[str, tuple[str, ...]] = {
@@ -28,6 +30,34 @@ SERVICES: Mapping[str, tuple[str, ...]] = {
     "embed worker": ("worker", "embed"),
     "ingress": ("ingress",),
 }
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system) ``pid`` has used, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_ready(base: str, model: str, *, timeout: float = 60.0) -> None:
+    async with httpx.AsyncClient(base_url=base) as http:
+        for _ in range(int(timeout * 10)):
+            try:
+                r = await http.get(f"/v1/models/{model}", params={"status": "true"})
+                if r.status_code == 200 and r.json().get("status") == "ready":
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    raise TimeoutError("modelbus did not become ready")
 
 
 def rss_kib(pid: int) -> int:
