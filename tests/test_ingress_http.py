@@ -286,12 +286,13 @@ async def test_ingress_processes_share_a_port_only_when_configured_to(nc: Client
             base.runtime, http=msgspec.structs.replace(base.runtime.http, processes=2)
         ),
     )
-    stop_first = anyio.Event()
+    stop_first, first_stopped = anyio.Event(), anyio.Event()
 
     async def first(*, task_status: anyio.abc.TaskStatus[int]) -> None:
         async with IngressServer(shared, nc) as server:
             task_status.started(server.port)
             await stop_first.wait()
+        first_stopped.set()
 
     async with anyio.create_task_group() as tg, httpx.AsyncClient() as http:
         port: int = await tg.start(first)
@@ -301,6 +302,8 @@ async def test_ingress_processes_share_a_port_only_when_configured_to(nc: Client
                     pass
             assert (await http.get(f"{second.url}/health")).status_code == 200
             stop_first.set()  # the first one leaves: the second takes every new connection
+            with anyio.fail_after(30):
+                await first_stopped.wait()
             for _ in range(5):
                 response = await http.get(f"{second.url}/health", headers={"Connection": "close"})
                 assert response.status_code == 200

@@ -26,7 +26,7 @@ from modelbus.workers.nsql.worker import NsqlWorker
 
 FAST_RUNTIME = """
 runtime:
-  heartbeat: {interval: 0.2}
+  heartbeat: {interval: 0.2, ttl_intervals: 5}
   shutdown_grace: 3
   nats: {drain_timeout: 2}
   chat: {ack_wait: 1.0, keepalive: 0.25, request_timeout: 30}
