@@ -18,6 +18,7 @@ import msgspec
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from modelbus.ingress.asgi_json import send_json
 from modelbus.ingress.errors import error_body
 
 __all__ = ("KEY_OWNER", "PUBLIC_PATHS", "ApiKeyAuth", "key_owner", "presented_keys")
@@ -26,6 +27,7 @@ PUBLIC_PATHS = frozenset({"/health", "/v1/ready"})
 
 _MISSING = "Missing API key: send it in the X-API-Key header or as 'Authorization: Bearer <key>'."
 _INVALID = "Invalid API key."
+_CHALLENGE = ((b"www-authenticate", b"Bearer"),)
 
 
 KEY_OWNER = "key_owner"  # the request state's entry: a hash of the accepted key ("" when auth is off)
@@ -58,14 +60,8 @@ def presented_keys(headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
     return keys
 
 
-def _rejection(message: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    body = msgspec.json.encode(error_body(401, message, code="invalid_api_key"))
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"www-authenticate", b"Bearer"),
-    ]
-    return headers, body
+def _rejection(message: str) -> bytes:
+    return msgspec.json.encode(error_body(401, message, code="invalid_api_key"))
 
 
 class ApiKeyAuth:
@@ -107,9 +103,7 @@ class ApiKeyAuth:
             scope.setdefault("state", {})[KEY_OWNER] = digest.hex()[:32]
             await self._app(scope, receive, send)
             return
-        headers, body = self._invalid if keys else self._missing
-        await send({"type": "http.response.start", "status": 401, "headers": headers})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        await send_json(send, 401, self._invalid if keys else self._missing, _CHALLENGE)
 
     def _is_public(self, path: str) -> bool:
         return path in self._public or (len(path) > 1 and path.rstrip("/") in self._public)

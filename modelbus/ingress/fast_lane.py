@@ -23,6 +23,7 @@ import msgspec
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from modelbus.ingress.asgi_json import send_json
 from modelbus.ingress.controllers.chat import SSE_HEADERS, ChatCompletions
 from modelbus.ingress.disconnect import unless_disconnected
 from modelbus.ingress.errors import ApiError, api_error_body, bus_failure_error
@@ -38,7 +39,6 @@ __all__ = ("FastLane",)
 MODELS_PATH = "/v1/models"
 CHAT_PATH = "/v1/chat/completions"
 _LIST = ModelQuery()
-_JSON = (b"content-type", b"application/json")
 _SSE = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     *((name.lower().encode(), value.encode()) for name, value in SSE_HEADERS.items()),
@@ -83,7 +83,7 @@ class FastLane:
             await self._app(scope, receive, send)
             return
         scope["path_template"] = MODELS_PATH
-        await _send_json(send, 200, body)
+        await send_json(send, 200, body)
 
     async def _chat_completion(self, scope: Scope, receive: Receive, send: Send) -> None:
         if _declared_length(scope) > self._max_body:  # refused before the body is sent, by the app
@@ -106,21 +106,22 @@ class FastLane:
         except (ApiError, BusFailure) as exc:
             await task.fail(exc)
             error = bus_failure_error(exc) if isinstance(exc, BusFailure) else exc
-            await _send_json(send, error.status_code, _encoder.encode(api_error_body(error)), error.headers)
+            headers = [(k.lower().encode(), v.encode()) for k, v in (error.headers or {}).items()]
+            await send_json(send, error.status_code, _encoder.encode(api_error_body(error)), headers)
             return
         except BaseException as exc:
             await task.fail(exc)
             raise
         if started is None:  # the client left; nobody will read a response
             await task.finish(499)
-            await _send_json(send, 499, b"")
+            await send_json(send, 499, b"")
             return
         pending, first = started
         if isinstance(first, ChatResult):
             answer = bytes(first.data)
             task.add_completion(answer)
             await task.finish(200)
-            await _send_json(send, 200, answer)
+            await send_json(send, 200, answer)
             return
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
         events = self._chat.events(pending, first, task)
@@ -172,11 +173,3 @@ def _replay(messages: list[Any], receive: Receive) -> Receive:
         return queued.pop(0) if queued else await receive()
 
     return replayed
-
-
-async def _send_json(send: Send, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-    raw = [_JSON, (b"content-length", b"%d" % len(body))]
-    if headers:
-        raw += [(name.lower().encode(), value.encode()) for name, value in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -18,6 +18,7 @@ import structlog
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from modelbus.ingress.asgi_json import send_json
 from modelbus.ingress.errors import error_body
 from modelbus.runtime.ids import unique_hex
 
@@ -76,7 +77,8 @@ class RequestLogging:
                 if status:  # the response has begun; all we can do is let the server drop it
                     raise
                 status = 500
-                await self._send_fallback(send, header)
+                # a JSON 500 for an exception that escaped the app before it started a response
+                await send_json(send, 500, self._fallback, (header,))
         except BaseException:
             outcome = "aborted" if outcome == "ok" else outcome
             raise
@@ -95,13 +97,3 @@ class RequestLogging:
                 log.warning("http.request", **fields)
             else:
                 log.info("http.request", **fields)
-
-    async def _send_fallback(self, send: Send, header: tuple[bytes, bytes]) -> None:
-        """A JSON 500 for an exception that escaped the app before it started a response."""
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(self._fallback)).encode()),
-            header,
-        ]
-        await send({"type": "http.response.start", "status": 500, "headers": headers})
-        await send({"type": "http.response.body", "body": self._fallback, "more_body": False})
