@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.bench.loadgen import run_load
-from tests.bench.system import cpu_seconds
+from tests.bench.system import cpu_seconds, proc_stat, rss_kib
 
 __all__ = ("Deployment", "Load", "client_name", "drive")
 
@@ -117,7 +117,7 @@ class Deployment:
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 try:
-                    parents[int(entry.name)] = int(_stat(int(entry.name))[1])
+                    parents[int(entry.name)] = int(proc_stat(int(entry.name))[1])
                 except (OSError, ValueError, IndexError):
                     continue
         found = {self.root}
@@ -158,17 +158,10 @@ class Deployment:
         found = {}
         for pid, name in self.names.items():
             try:
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith(f"{key}:"):
-                        found[name] = int(line.split()[1]) / 1024
-            except OSError:
+                found[name] = rss_kib(pid, key) / 1024
+            except (OSError, ValueError):
                 continue
         return found
-
-
-def _stat(pid: int) -> list[str]:
-    """The fields of /proc/<pid>/stat after the command name (state first, ppid second)."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
 def _name(argv: list[bytes], *, launcher: bool) -> str:

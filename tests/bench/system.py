@@ -20,7 +20,16 @@ import uvloop
 from modelbus.runtime.embedded_nats import EmbeddedNats
 from tests.support.processes import ServiceProcess, modelbus_argv
 
-__all__ = ("System", "cpu_seconds", "free_port", "rss_kib", "run_main", "running_system", "wait_ready")
+__all__ = (
+    "System",
+    "cpu_seconds",
+    "free_port",
+    "proc_stat",
+    "rss_kib",
+    "run_main",
+    "running_system",
+    "wait_ready",
+)
 
 # service name -> the ``modelbus`` sub-command that runs it
 SERVICES: Mapping[str, tuple[str, ...]] = {
@@ -35,9 +44,14 @@ SERVICES: Mapping[str, tuple[str, ...]] = {
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def proc_stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (state first, parent pid second)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
-    """The CPU time (user + system) ``pid`` has used, from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """The CPU time (user + system) ``pid`` has used."""
+    fields = proc_stat(pid)
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
@@ -60,12 +74,13 @@ async def wait_ready(base: str, model: str, *, timeout: float = 60.0) -> None:
     raise TimeoutError("modelbus did not become ready")
 
 
-def rss_kib(pid: int) -> int:
-    """The resident set size of ``pid`` in KiB (``VmRSS`` in /proc/<pid>/status)."""
+def rss_kib(pid: int, key: str = "VmRSS") -> int:
+    """The resident set size of ``pid`` in KiB: now (``VmRSS`` in /proc/<pid>/status), or its peak
+    (``VmHWM``)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{key}:"):
             return int(line.split()[1])
-    raise ValueError(f"no VmRSS for pid {pid}")
+    raise ValueError(f"no {key} for pid {pid}")
 
 
 @dataclass
