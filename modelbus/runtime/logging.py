@@ -25,7 +25,6 @@ __all__ = ("FLUSH_BYTES", "FLUSH_S", "configure_logging")
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 FLUSH_S = 0.05
 FLUSH_BYTES = 64 * 1024
-_URGENT = frozenset({"warning", "error", "critical", "exception"})
 
 
 class _BufferedLines:

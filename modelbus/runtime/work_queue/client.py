@@ -60,16 +60,27 @@ GiveUp = Callable[[], BaseException | None]
 """Asked while a request waits for its first answer: an exception to raise instead of waiting on, or None."""
 
 
+F = TypeVar("F")
+
+
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
 
 
-async def _wait(waiter: asyncio.Future[None], timeout: float) -> None:
-    """Wait for ``waiter`` at most ``timeout`` seconds (it is then resolved, not cancelled)."""
-    timer = asyncio.get_running_loop().call_later(max(0.0, timeout), _wake, waiter)
+def _time_out(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+async def _within(
+    waiter: asyncio.Future[F], timeout: float, expire: Callable[[asyncio.Future[F]], None]
+) -> F:
+    """``waiter``'s result, or what ``expire`` makes of it after ``timeout`` seconds (resolve it, or fail it
+    with TimeoutError): one timer, not a cancel scope."""
+    timer = asyncio.get_running_loop().call_later(max(0.0, timeout), expire, waiter)
     try:
-        await waiter
+        return await waiter
     finally:
         timer.cancel()
 
@@ -158,7 +169,7 @@ class Pending(Generic[Rep]):
             bound = self._order.worker_id is not None
             self._waiter = asyncio.get_running_loop().create_future()
             try:
-                await _wait(self._waiter, self._patience(remaining, tick_end, bound=bound))
+                await _within(self._waiter, self._patience(remaining, tick_end, bound=bound), _wake)
             finally:
                 self._waiter = None
             if self._replies or self._closed:
@@ -230,11 +241,6 @@ class _Refused(Exception):
     def __init__(self, error: _ApiError) -> None:
         super().__init__(error.description)
         self.error = error
-
-
-def _time_out(waiter: asyncio.Future[Msg]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
 
 
 _decoders: dict[str, msgspec.json.Decoder[Any]] = {}
@@ -358,11 +364,7 @@ class WorkQueueClient:
             await self.nc.publish(
                 subject, data, reply=f"{self._inbox}.ack.{request_id}", headers={"Nats-Msg-Id": request_id}
             )
-            timer = asyncio.get_running_loop().call_later(PUBLISH_TIMEOUT_S, _time_out, waiter)
-            try:
-                msg = await waiter
-            finally:
-                timer.cancel()
+            msg = await _within(waiter, PUBLISH_TIMEOUT_S, _time_out)
         finally:
             self._acks.pop(request_id, None)
         if not msg.data and msg.headers and msg.headers.get("Status") == "503":

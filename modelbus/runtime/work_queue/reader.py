@@ -71,18 +71,18 @@ class WorkQueueReader:
             self._sub = None
         self._pulls.clear()
 
-    def wants(self, free_slots: int, *, at_least: int = 1) -> bool:
-        """Whether :meth:`ask` would ask for more now."""
+    def wanted(self, free_slots: int, *, at_least: int = 1) -> int:
+        """How many :meth:`ask` would ask for now (0: none)."""
         owed = self.owed
         wanted = free_slots - owed
-        return wanted > 0 and (not owed or wanted >= at_least)
+        return wanted if wanted > 0 and (not owed or wanted >= at_least) else 0
 
     async def ask(self, free_slots: int, *, at_least: int = 1) -> None:
         """Ask for as many messages as there are free slots not already asked for: when nothing is asked
         for, or once that is ``at_least`` (so a busy worker does not send a pull request per message)."""
-        if not self.wants(free_slots, at_least=at_least):
+        wanted = self.wanted(free_slots, at_least=at_least)
+        if not wanted:
             return
-        wanted = free_slots - self.owed
         request = {"batch": wanted, "expires": int(self._expires * 1e9)}
         # counted before it is sent: a message may be delivered for it before publish returns
         # (the server may answer up to its own expiry after ours: keep the request a little longer)
@@ -191,7 +191,7 @@ class SlotConsumer:
             self._count(-1)
             reader = self._reader
             # wake the loop only when it would ask for more (a busy worker's every answer need not)
-            if reader is None or reader.wants(self._capacity() - self.in_flight, at_least=self._at_least()):
+            if reader is None or reader.wanted(self._capacity() - self.in_flight, at_least=self._at_least()):
                 self._changed.set()
             if self.in_flight == 0:
                 self._idle.set()
