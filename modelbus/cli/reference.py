@@ -3,15 +3,18 @@
 Each row is what the deciding function returns for an example input (an upstream's answer, a bus failure, a
 status), so the document cannot say something the code does not do. ``python -m modelbus.cli.reference``
 prints it; a test keeps ``docs/errors.md`` equal to it (regenerate with
-``.venv/bin/python -m modelbus.cli.reference > docs/errors.md``).
+``.venv/bin/python -m modelbus.cli.reference > docs/errors.md``). ``... reference spice-keys`` prints the
+table of every Spice spicepod key (:data:`~modelbus.config.spicepod.SPICE_KEYS`) in docs/configuration.md.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Sequence
 
 import aiohttp
 
+from modelbus.config.spicepod import SPICE_KEYS
 from modelbus.registry.table import NO_WORKER, NOT_FOUND, SHUT_DOWN, TIMEOUT, UNKNOWN
 from modelbus.runtime.tasks.span import REFUSALS, outcome_of
 from modelbus.runtime.work_queue.errors import BUS_FAILURES
@@ -23,7 +26,7 @@ from modelbus.workers.model.providers.errors import (
     upstream_error,
 )
 
-__all__ = ("render",)
+__all__ = ("render", "render_spice_keys")
 
 # (what the upstream did, its status, its body): OpenAI's and llama-server's real error shapes
 UPSTREAM_ANSWERS: tuple[tuple[str, int, bytes], ...] = (
@@ -159,5 +162,12 @@ def render() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def render_spice_keys() -> str:
+    """docs/configuration.md's table: every Spice key, and what modelbus does with it."""
+    rows = [[f"`{k.key}`", k.handling, k.what.replace("|", "\\|")] for k in SPICE_KEYS]
+    return "\n".join(_table(["Spice key", "modelbus", "what it does"], rows))
+
+
 if __name__ == "__main__":
-    print(render(), end="")  # noqa: T201 - the document on stdout
+    document = render_spice_keys() if sys.argv[1:] == ["spice-keys"] else render()
+    print(document, end="")  # noqa: T201 - the document on stdout

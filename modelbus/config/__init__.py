@@ -1,7 +1,9 @@
 """The typed configuration of modelbus (``modelbus.yaml``), read once at start and passed in."""
 
-from modelbus.config.loader import ConfigError, load_config, parse_config
+from modelbus.config.errors import ConfigError
+from modelbus.config.loader import load_config, parse_config
 from modelbus.config.model import (
+    RUNTIME_TOOLS,
     AuthSettings,
     ChatSettings,
     ClickHouseSettings,
@@ -13,16 +15,21 @@ from modelbus.config.model import (
     HeartbeatSettings,
     HistorySettings,
     HttpSettings,
+    LoadBalance,
     ModelConfig,
     ModelParams,
     NatsSettings,
     NsqlSettings,
     QueueSettings,
     ResponsesSettings,
+    Route,
     RuntimeSettings,
+    RuntimeTool,
+    WorkerConfig,
 )
 
 __all__ = (
+    "RUNTIME_TOOLS",
     "AuthSettings",
     "ChatSettings",
     "ClickHouseSettings",
@@ -35,13 +42,17 @@ __all__ = (
     "HeartbeatSettings",
     "HistorySettings",
     "HttpSettings",
+    "LoadBalance",
     "ModelConfig",
     "ModelParams",
     "NatsSettings",
     "NsqlSettings",
     "QueueSettings",
     "ResponsesSettings",
+    "Route",
     "RuntimeSettings",
+    "RuntimeTool",
+    "WorkerConfig",
     "load_config",
     "parse_config",
 )

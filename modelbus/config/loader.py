@@ -12,31 +12,45 @@ from typing import Any
 import msgspec
 import yaml
 
+from modelbus.config.errors import ConfigError
 from modelbus.config.model import Config, ModelConfig
+from modelbus.config.spicepod import translate
 
 __all__ = ("ConfigError", "load_config", "parse_config")
 
 PROVIDERS = ("local", "openai")
-_SECRET = re.compile(r"\$\{(env|secrets):([A-Za-z_][A-Za-z0-9_]*)\}")
+_SECRET = re.compile(r"\$\{\s*(env|secrets):([A-Za-z_][A-Za-z0-9_]*)\s*\}")
 _UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
 _PATH = re.compile(r" - at `\$(.*)`$")
 
 
-class ConfigError(Exception):
-    """A configuration problem, with where it is and how to fix it."""
-
-    def __init__(self, source: str, key: str, problem: str, fix: str) -> None:
-        self.source, self.key, self.problem, self.fix = source, key, problem, fix
-        super().__init__(f"{source}: {key or '(top level)'}: {problem}. Fix: {fix}")
-
-
 def load_config(path: str | Path, environ: Mapping[str, str]) -> Config:
+    """The file at ``path``; ``${env:}`` and ``${secrets:}`` read ``environ``, then ``.env.local`` and
+    ``.env`` beside the file (as Spice's env secret store does; the environment wins)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(path), "", f"cannot read the file ({exc.strerror})", "check the path") from exc
-    return parse_config(text, environ, source=str(path))
+    files = {**_dotenv(path.parent / ".env"), **_dotenv(path.parent / ".env.local")}
+    return parse_config(text, {**files, **environ} if files else environ, source=str(path))
+
+
+def _dotenv(path: Path) -> dict[str, str]:
+    """``NAME=value`` lines of a .env file (``export``, quotes and ``#`` comments allowed); none if absent."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return {}
+    found: dict[str, str] = {}
+    for line in lines:
+        name, sep, value = line.strip().removeprefix("export ").partition("=")
+        if sep and name.strip() and not name.lstrip().startswith("#"):
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                value = value[1:-1]
+            found[name.strip()] = value
+    return found
 
 
 def parse_config(text: str, environ: Mapping[str, str], *, source: str = "<config>") -> Config:
@@ -50,13 +64,33 @@ def parse_config(text: str, environ: Mapping[str, str], *, source: str = "<confi
         tree = {}
     if not isinstance(tree, dict):
         raise ConfigError(source, "", "the file must hold a mapping", "start with `models:` or `runtime:`")
-    tree = _substitute(tree, environ, source, "")
+    tree = _openai_base_url(translate(_substitute(tree, environ, source, ""), source), environ)
     try:
         config = msgspec.convert(tree, Config, strict=False)
     except msgspec.ValidationError as exc:
         raise _explain(source, str(exc)) from exc
     _check(config, source)
     return _resolved(config)
+
+
+def _openai_base_url(tree: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """``openai:`` models and embeddings without an ``endpoint`` use ``$OPENAI_BASE_URL`` when it is set,
+    as OpenAI's own SDKs do (else OpenAI's API)."""
+    base_url = environ.get("OPENAI_BASE_URL")
+    if not base_url:
+        return tree
+    tree = dict(tree)
+    for section in ("models", "embeddings"):
+        entries = tree.get(section)
+        if not isinstance(entries, list):
+            continue
+        tree[section] = [
+            {**e, "params": {"endpoint": base_url, **(e.get("params") or {})}}
+            if isinstance(e, dict) and str(e.get("from", "")).startswith("openai:")
+            and isinstance(e.get("params") or {}, dict) else e
+            for e in entries
+        ]  # fmt: skip
+    return tree
 
 
 def _resolved(config: Config) -> Config:
@@ -77,10 +111,13 @@ def _substitute(node: Any, environ: Mapping[str, str], source: str, key: str) ->
     if isinstance(node, str):
 
         def value_of(match: re.Match[str]) -> str:
-            name = match.group(2)
-            if name not in environ:
-                raise ConfigError(source, key, f"environment variable {name} is not set", f"export {name}")
-            return environ[name]
+            store, name = match.groups()
+            # Spice's env secret store: SPICE_<NAME> first, then <NAME> (upper-cased)
+            tried = (f"SPICE_{name.upper()}", name, name.upper()) if store == "secrets" else (name,)
+            for candidate in tried:
+                if candidate in environ:
+                    return environ[candidate]
+            raise ConfigError(source, key, f"environment variable {name} is not set", f"export {name}")
 
         return _SECRET.sub(value_of, node)
     return node
@@ -209,9 +246,62 @@ def _check_embeddings(config: Config, source: str) -> None:
                 )  # fmt: skip
 
 
+def _check_workers(config: Config, source: str) -> None:
+    """Load-balancing workers: named once among every model, members that are chat models, one policy."""
+    taken = [m.name for m in config.models] + [e.name for e in config.embeddings]
+    chat_models = {m.name for m in config.models}
+    for i, worker in enumerate(config.workers):
+        key = f"workers[{i}]"
+        if not worker.name.strip():
+            raise ConfigError(source, f"{key}.name", "a worker needs a name", "set `name:`")
+        if worker.name in taken:
+            raise ConfigError(
+                source, f"{key}.name", f"`{worker.name}` is defined twice (workers, models and embeddings "
+                "share one namespace: /v1/models lists them all)", "rename one",
+            )  # fmt: skip
+        taken.append(worker.name)
+        routing = worker.load_balance.routing
+        for j, route in enumerate(routing):
+            if route.from_ not in chat_models:
+                raise ConfigError(
+                    source, f"{key}.load_balance.routing[{j}].from", f"`{route.from_}` is not a model in "
+                    "`models:`", f"use one of {sorted(chat_models)}",
+                )  # fmt: skip
+        members = worker.members
+        if len(set(members)) != len(members):
+            raise ConfigError(
+                source, f"{key}.load_balance.routing", "a model is listed twice", "list each member once"
+            )
+        ordered = [r.order is not None for r in routing]
+        weighted = [r.weight is not None for r in routing]
+        if any(ordered) and any(weighted):
+            raise ConfigError(
+                source, f"{key}.load_balance.routing", "`order` and `weight` are both used",
+                "use `order` for fallback in that order, or `weight` for a weighted spread",
+            )  # fmt: skip
+        for given, name in ((ordered, "order"), (weighted, "weight")):
+            if any(given) and not all(given):
+                raise ConfigError(
+                    source, f"{key}.load_balance.routing", f"some members have `{name}` and some do not",
+                    f"give every member a `{name}`",
+                )  # fmt: skip
+
+
+def _check_tools(config: Config, source: str) -> None:
+    """A model with runtime tools needs datasets for them to read."""
+    for i, model in enumerate(config.models):
+        if model.params.tools and not (model.datasets or config.datasets):
+            raise ConfigError(
+                source, f"models[{i}].params.tools", "the tools read datasets and there are none",
+                "add `datasets:` (and list them in the model's `datasets`), or remove `tools`",
+            )  # fmt: skip
+
+
 def _check(config: Config, source: str) -> None:
     _check_models(config, source)
     _check_embeddings(config, source)
+    _check_workers(config, source)
+    _check_tools(config, source)
     names = [m.name for m in config.models]
     nats = config.runtime.nats
     given = [k for k in ("token", "creds_file") if getattr(nats, k)] + (["user"] if nats.user else [])

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 __all__ = (
+    "RUNTIME_TOOLS",
     "AuthSettings",
     "ChatSettings",
     "ClickHouseSettings",
@@ -24,13 +25,17 @@ __all__ = (
     "HeartbeatSettings",
     "HistorySettings",
     "HttpSettings",
+    "LoadBalance",
     "ModelConfig",
     "ModelParams",
     "NatsSettings",
     "NsqlSettings",
     "QueueSettings",
     "ResponsesSettings",
+    "Route",
     "RuntimeSettings",
+    "RuntimeTool",
+    "WorkerConfig",
 )
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
@@ -219,12 +224,24 @@ class RuntimeSettings(_Section, frozen=True):
     log_format: Literal["auto", "json", "console"] = "auto"
 
 
-class ModelParams(_Section, frozen=True):
-    """Per-model parameters. Provider-specific keys are ignored by other providers."""
+# Spice's runtime tools a model may be given (``params.tools``), answered by NSQL workers over its datasets
+RuntimeTool = Literal["list_datasets", "table_schema", "sample_data", "sql", "nsql"]
+RUNTIME_TOOLS: tuple[RuntimeTool, ...] = ("list_datasets", "table_schema", "sample_data", "sql", "nsql")
 
-    capacity: PositiveInt | None = None  # default: `parallel` for local, 16 for openai
+
+class ModelParams(_Section, frozen=True):
+    """Per-model parameters. Provider-specific keys are ignored by other providers.
+
+    Spice's spellings (``openai_temperature``, ``tools: auto``, ``spice_tools``, ...) are translated into
+    these by :mod:`modelbus.config.spicepod` before the file is decoded.
+    """
+
+    capacity: PositiveInt | None = None  # default: `parallel` for local, 16 for openai (or the usage tier's)
     system_prompt: str | None = None
     defaults: dict[str, Any] = {}  # OpenAI request fields applied when the request leaves them out
+    # Spice's runtime tools over the model's datasets; the model worker runs the tool loop
+    tools: tuple[RuntimeTool, ...] = ()
+    tool_recursion_limit: PositiveInt = 10  # model turns that may call tools, per request
     # POST /v1/responses: `adapted` onto chat completions (any model), or `native` (an OpenAI endpoint that
     # serves /responses itself: the request is passed through)
     responses_api: Literal["adapted", "native"] = "adapted"
@@ -232,6 +249,10 @@ class ModelParams(_Section, frozen=True):
     endpoint: str = "https://api.openai.com/v1"
     api_key: str | None = None
     openai_api_key: str | None = None  # the spicepod spelling of api_key
+    openai_org_id: str | None = None  # sent as OpenAI-Organization
+    openai_project_id: str | None = None  # sent as OpenAI-Project
+    # Spice's outbound concurrency by OpenAI usage tier: the capacity when `capacity` is not set
+    openai_usage_tier: Literal["free", "tier1", "tier2", "tier3", "tier4", "tier5"] | None = None
     check_timeout: Seconds = 10.0
     recheck_initial: Seconds = 1.0
     recheck_max: Seconds = 60.0
@@ -260,6 +281,33 @@ class ModelConfig(_Section, frozen=True):
     @property
     def provider_model(self) -> str:
         return self.from_.partition(":")[2]
+
+
+class Route(_Section, frozen=True):
+    """One member of a load-balancing worker: a model, with its place in the order or its weight."""
+
+    from_: str = msgspec.field(name="from")
+    order: PositiveInt | None = None
+    weight: PositiveInt | None = None
+
+
+class LoadBalance(_Section, frozen=True):
+    routing: Annotated[tuple[Route, ...], msgspec.Meta(min_length=1)]
+
+
+class WorkerConfig(_Section, frozen=True, kw_only=True):
+    """Spice's ``workers:`` entry of kind ``load_balance``: a model clients call by ``name``, answered by the
+    first ready member (``order``), or a member picked by ``weight``, or in turn (neither), with the next
+    member answering when one fails before its first token."""
+
+    name: str
+    type: Literal["load_balance"] = "load_balance"
+    description: str | None = None
+    load_balance: LoadBalance
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        return tuple(route.from_ for route in self.load_balance.routing)
 
 
 class EmbeddingParams(_Section, frozen=True):
@@ -323,9 +371,13 @@ class Config(_Section, frozen=True):
     models: tuple[ModelConfig, ...] = ()
     embeddings: tuple[EmbeddingConfig, ...] = ()
     datasets: tuple[DatasetConfig, ...] = ()
+    workers: tuple[WorkerConfig, ...] = ()
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)
 
     def embedding(self, name: str) -> EmbeddingConfig | None:
         return next((m for m in self.embeddings if m.name == name), None)
+
+    def worker(self, name: str) -> WorkerConfig | None:
+        return next((w for w in self.workers if w.name == name), None)

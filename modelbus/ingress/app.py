@@ -24,6 +24,7 @@ from modelbus.ingress.controllers.nsql import nsql_router
 from modelbus.ingress.controllers.responses import responses_router
 from modelbus.ingress.errors import EXCEPTION_HANDLERS
 from modelbus.ingress.fast_lane import FastLane
+from modelbus.ingress.load_balance import LoadBalancer
 from modelbus.ingress.logging_middleware import RequestLogging
 from modelbus.ingress.metrics import IngressMetrics, QueueDepths, RequestMetrics
 from modelbus.ingress.model_rendering import ModelRenderer
@@ -49,18 +50,21 @@ def create_app(
     api_keys = config.runtime.auth.api_keys
     security = API_KEY_SECURITY if api_keys else None
     embedding = frozenset(e.name for e in config.embeddings)
+    balancer = LoadBalancer(config.workers, views) if config.workers else None
     optional = []  # served only with what they need
     if responses is not None:
         optional.append(
             responses_router(
                 views, client, responses, config.runtime.chat, recorder, security=security,
-                embedding_models=embedding,
+                embedding_models=embedding, balancer=balancer,
             )
         )  # fmt: skip
     depths = QueueDepths(client.nc.jetstream(), views)
     metrics = IngressMetrics(views, depths)
     renderer = ModelRenderer(views)
-    chat = ChatCompletions(views, client, config.runtime.chat, recorder, embedding_models=embedding)
+    chat = ChatCompletions(
+        views, client, config.runtime.chat, recorder, embedding_models=embedding, balancer=balancer
+    )
     app = Litestar(
         route_handlers=[
             health_router(views),

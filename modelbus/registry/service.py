@@ -45,7 +45,7 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 
 from modelbus.config import Config
-from modelbus.registry.table import WorkerTable, compute_view, content, stamp, workers_gone
+from modelbus.registry.table import WorkerTable, compute_view, content, group_view, stamp, workers_gone
 from modelbus.runtime.jetstream import ensure_events_stream, model_views
 from modelbus.schemas.heartbeat import Goodbye, Heartbeat, ModelInfo, worker_report_decoder
 from modelbus.schemas.status import ModelStatus
@@ -56,7 +56,7 @@ from modelbus.schemas.subjects import (
     event_subject,
     heartbeat_subject,
 )
-from modelbus.schemas.views import ModelView, status_changed, status_event
+from modelbus.schemas.views import GROUP_OWNER, ModelView, status_changed, status_event
 
 __all__ = ("Registry",)
 
@@ -98,17 +98,23 @@ class Registry:
         self._tick_s = min(max(heartbeat.interval / 4, 0.05), 1.0)
         self._grace_s = heartbeat.interval / 2
         self._shutdown_s = config.runtime.shutdown_grace
-        self._configured: dict[str, ModelInfo] = {
-            m.name: ModelInfo(
-                owned_by=m.from_,
-                datasets=m.datasets,
-                supports_responses_api=True,  # POST /v1/responses serves every model
-            )
-            for m in config.models
-        } | {
-            e.name: ModelInfo(owned_by=e.from_, datasets=e.datasets, supports_responses_api=False)
-            for e in config.embeddings
-        }
+        self._configured: dict[str, ModelInfo] = (
+            {
+                m.name: ModelInfo(
+                    owned_by=m.from_,
+                    datasets=m.datasets,
+                    supports_responses_api=True,  # POST /v1/responses serves every model
+                )
+                for m in config.models
+            }
+            | {
+                e.name: ModelInfo(owned_by=e.from_, datasets=e.datasets, supports_responses_api=False)
+                for e in config.embeddings
+            }
+            | {w.name: ModelInfo(owned_by=GROUP_OWNER, supports_responses_api=True) for w in config.workers}
+        )
+        # load-balancing workers: their views are derived from their members' (Spice's owned_by "spiceai")
+        self._groups: dict[str, tuple[str, ...]] = {w.name: w.members for w in config.workers}
         self._table = WorkerTable(ttl=self._ttl, clock=clock)
         self._decoder = worker_report_decoder()
         self._encoder = msgspec.json.Encoder()
@@ -253,8 +259,14 @@ class Registry:
         else:
             self._dirty.discard(model)
             self._deferred.pop(model, None)
+        for group, members in self._groups.items():
+            if model in members:
+                self._sync(group, against_bucket=against_bucket)
 
     def _compute(self, model: str) -> ModelView | None:
+        members = self._groups.get(model)
+        if members is not None:
+            return group_view(model, self._configured[model], [(m, self._computed.get(m)) for m in members])
         known = self._known.get(model)
         return compute_view(
             model,

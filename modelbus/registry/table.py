@@ -10,7 +10,7 @@ three fields in at write time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -25,6 +25,7 @@ __all__ = (
     "aggregate",
     "compute_view",
     "content",
+    "group_view",
     "info_of",
     "stamp",
     "workers_gone",
@@ -213,6 +214,35 @@ def _unreported(
     if workers_gone(known):
         return content(known)
     return _view(model, info_of(known), ModelStatus.ERROR, error=NOT_FOUND, message=NO_WORKER)
+
+
+def group_view(name: str, info: ModelInfo, members: Sequence[tuple[str, ModelView | None]]) -> ModelView:
+    """A load-balancing worker (``workers:``) as one model: ready if any member is, else loading if any
+    is, else error, naming each member's status. Its ``workers`` are its members, in routing order."""
+    listed = tuple(
+        WorkerView(
+            worker_id=member,
+            status=view.status if view is not None else ModelStatus.ERROR,
+            capacity=sum(w.capacity for w in view.workers) if view is not None else 0,
+            error_code=view.error.code if view is not None and view.error is not None else None,
+        )
+        for member, view in members
+    )
+    status = next((s for s in _PRECEDENCE if any(w.status is s for w in listed)), ModelStatus.ERROR)
+    if status is not ModelStatus.ERROR:
+        return _view(name, info, status, workers=listed)
+    failed = [view for _member, view in members if view is not None and view.error is not None]
+    kind = failed[0].error.type if failed and failed[0].error is not None else ErrorType.NOT_FOUND
+    reasons = "; ".join(
+        f"{member}: {view.error_message or view.status.value}"
+        if view is not None
+        else f"{member}: not reported"
+        for member, view in members
+    )
+    return _view(
+        name, info, status, error=ErrorInfo.of(ErrorCategory.WORKER, kind),
+        message=f"no member is ready ({reasons})", workers=listed,
+    )  # fmt: skip
 
 
 def workers_gone(view: ModelView) -> bool:

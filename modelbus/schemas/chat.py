@@ -36,6 +36,8 @@ class ChatRequest(JobRequest, frozen=True, kw_only=True, tag="modelbus.v1.chat_r
     # ``responses``: the body is a :class:`~modelbus.schemas.responses.ResponsesCall`, answered with the
     # response object (``ChatResult``) or its stream events (one per ``ChatChunk`` item)
     api: Literal["chat", "responses"] = "chat"
+    # Spice's ``x-spiceai-completion-progress: enabled``: a tools model's stream tells what its tools do
+    progress: bool = False
 
 
 class ChatChunk(JobReply, frozen=True, tag="modelbus.v1.chat_chunk"):

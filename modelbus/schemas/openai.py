@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 __all__ = (
+    "DEFAULTABLE_FIELDS",
     "ChatCompletion",
     "ChatCompletionChunk",
     "ChatCompletionRequest",
@@ -55,6 +56,23 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
     response_format: dict[str, Any] | None = None
     presence_penalty: Annotated[float, msgspec.Meta(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, msgspec.Meta(ge=-2, le=2)] | None = None
+    parallel_tool_calls: bool | None = None
+    reasoning_effort: Annotated[str, msgspec.Meta(min_length=1)] | None = None  # minimal, low, medium, ...
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
+    logit_bias: dict[str, float] | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    verbosity: str | None = None
+
+
+# the request fields a model's configured defaults may set (Spice's ``params.openai_<field>``): every field
+# above but the conversation itself
+DEFAULTABLE_FIELDS: frozenset[str] = frozenset(
+    f.encode_name for f in msgspec.structs.fields(ChatCompletionRequest)
+) - {"model", "messages", "stream"}
 
 
 class Usage(msgspec.Struct, frozen=True):

@@ -25,6 +25,8 @@ __all__ = (
     "RESPONSES_BUCKET",
     "TASKS_STREAM",
     "TASKS_WILDCARD",
+    "TOOLS_STREAM",
+    "TOOL_SUBJECT",
     "cancel_subject",
     "chat_subject",
     "decode_token",
@@ -44,7 +46,9 @@ CHAT_STREAM = "MODELBUS_CHAT"
 EMBED_STREAM = "MODELBUS_EMBED"
 NSQL_STREAM = "MODELBUS_NSQL"
 TASKS_STREAM = "MODELBUS_TASKS"
+TOOLS_STREAM = "MODELBUS_TOOLS"
 NSQL_SUBJECT = f"{PREFIX}.nsql"
+TOOL_SUBJECT = f"{PREFIX}.tool"  # runtime tool calls of models (``params.tools``), run by NSQL workers
 NSQL_READY_SUBJECT = (
     f"{PREFIX}.nsql_ready"  # ready NSQL workers answer here (queue group), with their datasets
 )

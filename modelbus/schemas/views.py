@@ -8,6 +8,7 @@ import msgspec
 from modelbus.schemas.status import ErrorInfo, ModelStatus
 
 __all__ = (
+    "GROUP_OWNER",
     "ModelRemoved",
     "ModelStatusEvent",
     "ModelView",
@@ -16,6 +17,10 @@ __all__ = (
     "status_changed",
     "status_event",
 )
+
+
+# the ``owned_by`` of a load-balancing worker (``workers:``), as Spice lists its workers
+GROUP_OWNER = "spiceai"
 
 
 class WorkerView(msgspec.Struct, frozen=True, kw_only=True):

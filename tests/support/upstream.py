@@ -62,6 +62,10 @@ class Behaviour(msgspec.Struct, kw_only=True):
     stream_error_after: int | None = None  # streams: fail (500) after this many content chunks, in the stream
     error_events: bool = False  # stream errors as older llama-server builds sent them: an `error:` event in
     # a 200 stream (then `data: [DONE]`), even before the first chunk
+    tool_name: str | None = None  # the tool a call is made to (default: the first one offered)
+    tool_arguments: str = '{"city": "Paris"}'
+    tool_turns: int = 1  # consecutive tool results after which the stand-in answers instead of calling
+    echo_tool_result: bool = False  # answer with the content of the last tool message
 
 
 class Seen(msgspec.Struct, kw_only=True):
@@ -179,7 +183,7 @@ class Upstream:
             elif seen.body.get("stream"):
                 await _stream(seen.body, b, self._reply_text(b), send)
             else:
-                await _json(send, 200, _completion(seen.body, self._reply_text(b)))
+                await _json(send, 200, _completion(seen.body, self._reply_text(b), b))
             answered = True
             tg.cancel_scope.cancel()
 
@@ -193,17 +197,24 @@ def _invalid_tools(request: dict[str, Any]) -> str | None:
     return None
 
 
-def _tool_call(request: dict[str, Any]) -> dict[str, Any] | None:
-    """The stand-in calls the first tool, unless told not to or it was just given a tool's result."""
+def _tool_call(request: dict[str, Any], b: Behaviour) -> dict[str, Any] | None:
+    """The stand-in calls a tool (``tool_name``, else the first), unless told not to or it has been given
+    ``tool_turns`` tool results in a row."""
     tools = request.get("tools") or []
     messages = request.get("messages") or []
-    if not tools or request.get("tool_choice") == "none" or (messages and messages[-1].get("role") == "tool"):
+    names = [t["function"]["name"] for t in tools]
+    results = 0
+    for message in reversed(messages):
+        if message.get("role") not in ("tool", "assistant"):
+            break
+        results += message.get("role") == "tool"
+    if not tools or request.get("tool_choice") == "none" or results >= b.tool_turns:
         return None
-    name = tools[0]["function"]["name"]
+    name = b.tool_name if b.tool_name in names else names[0]
     return {
-        "id": "call_standin1",
+        "id": f"call_standin{results + 1}",
         "type": "function",
-        "function": {"name": name, "arguments": '{"city": "Paris"}'},
+        "function": {"name": name, "arguments": b.tool_arguments},
     }
 
 
@@ -237,8 +248,11 @@ def _usage(request: dict[str, Any], completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _completion(request: dict[str, Any], text: str) -> dict[str, Any]:
-    call = _tool_call(request)
+def _completion(request: dict[str, Any], text: str, b: Behaviour) -> dict[str, Any]:
+    call = _tool_call(request, b)
+    messages = request.get("messages") or []
+    if b.echo_tool_result and messages and messages[-1].get("role") == "tool":
+        text = str(messages[-1].get("content"))
     message: dict[str, Any] = {"role": "assistant", "content": None if call else text}
     if call:
         message["tool_calls"] = [call]
@@ -301,7 +315,7 @@ async def _stream(request: dict[str, Any], b: Behaviour, reply: str, send: Send)
         )
 
     await event({"role": "assistant", "content": ""})
-    call = _tool_call(request)
+    call = _tool_call(request, b)
     pieces: list[str] = []
     if call:
         await event(

@@ -24,7 +24,8 @@ from litestar.types import Receive, Scope
 from modelbus.config import ChatSettings
 from modelbus.ingress.chat_jobs import chat_job_errors, first_reply
 from modelbus.ingress.errors import error_body
-from modelbus.ingress.model_watch import check_chat_model, give_up_when_failed
+from modelbus.ingress.load_balance import LoadBalancer
+from modelbus.ingress.model_watch import check_chat_model, check_model, give_up_when_failed
 from modelbus.ingress.openapi import operation_with_content, sse_media_type
 from modelbus.ingress.request_task import RequestTask
 from modelbus.ingress.view_store import ModelViewStore
@@ -42,6 +43,7 @@ log = structlog.get_logger(__name__)
 _encoder = msgspec.json.Encoder()
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 DONE = b"data: [DONE]\n\n"
+PROGRESS_HEADER = "x-spiceai-completion-progress"  # `enabled`: a tools model's stream shows its tool calls
 ChatBody = Annotated[ChatCompletionRequest, Body(description="OpenAI's chat completion request")]
 _COMPLETION_CONTENT = {
     MediaType.JSON.value: OpenAPIMediaType(
@@ -118,13 +120,14 @@ class ChatCompletions:
 
     def __init__(
         self, views: ModelViewStore, client: WorkQueueClient, settings: ChatSettings, recorder: TaskRecorder,
-        *, embedding_models: frozenset[str] = frozenset(),
+        *, embedding_models: frozenset[str] = frozenset(), balancer: LoadBalancer | None = None,
     ) -> None:  # fmt: skip
         self.views = views
         self.client = client
         self.settings = settings
         self.recorder = recorder
         self.embedding_models = embedding_models
+        self.balancer = balancer  # Spice's load-balancing workers: names answered by their members
 
     def task(self, scope: Scope, data: ChatCompletionRequest) -> RequestTask:
         """The request's span (and its model, for the metrics)."""
@@ -136,14 +139,28 @@ class ChatCompletions:
             input=chat_input(data.messages) if self.recorder.keeps_text else None,
         )
         task.state["model"] = data.model
+        task.state[PROGRESS_HEADER] = _header(scope, PROGRESS_HEADER.encode()) == "enabled"
         return task
 
     async def start(
         self, data: ChatCompletionRequest, body: bytes, task: RequestTask, receive: Receive
     ) -> tuple[Pending[ChatReply], ChatReply] | None:
         """The job's first reply (a result closes the job; a chunk leaves it open for the stream), or None
-        when the client left first. A refusal or failure is raised as the client's error."""
+        when the client left first. A refusal or failure is raised as the client's error. A load-balancing
+        worker's name is answered by the first of its members that answers."""
+        balancer = self.balancer
+        if balancer is not None and data.model in balancer:
+            check_model(self.views, data.model)
+            _member, started = await balancer.first_answer(
+                data.model, lambda member: self._start(member, data, body, task, receive)
+            )
+            return started
         check_chat_model(self.views, data.model, self.embedding_models)
+        return await self._start(data.model, data, body, task, receive)
+
+    async def _start(
+        self, model: str, data: ChatCompletionRequest, body: bytes, task: RequestTask, receive: Receive
+    ) -> tuple[Pending[ChatReply], ChatReply] | None:
         stream = bool(data.stream)
         include_usage = bool(stream and data.stream_options and data.stream_options.include_usage)
         # the bus id is always ours: a client's x-request-id may repeat or hold characters subjects can't
@@ -151,18 +168,26 @@ class ChatCompletions:
         structlog.contextvars.bind_contextvars(bus_request_id=request_id)
         job = ChatRequest(
             request_id=request_id,
-            model=data.model,
+            model=model,
             body=msgspec.Raw(body),
             stream=stream,
             include_usage=include_usage,
             traceparent=task.traceparent,
+            progress=bool(task.state.get(PROGRESS_HEADER)),
         )
-        give_up = give_up_when_failed(self.views, data.model, grace=self.settings.error_grace)
-        pending = await self.client.submit(CHAT, job, queue=data.model, give_up=give_up)
+        give_up = give_up_when_failed(self.views, model, grace=self.settings.error_grace)
+        pending = await self.client.submit(CHAT, job, queue=model, give_up=give_up)
         first = await first_reply(receive, pending)
         return None if first is None else (pending, first)
 
     events = staticmethod(_events)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1").strip().lower()
+    return None
 
 
 def chat_router(chat: ChatCompletions, *, security: list[SecurityRequirement] | None) -> Router:

@@ -31,7 +31,8 @@ from modelbus.config import ChatSettings
 from modelbus.ingress.auth import key_owner
 from modelbus.ingress.chat_jobs import chat_job_errors, first_reply
 from modelbus.ingress.errors import ApiError, error_spec
-from modelbus.ingress.model_watch import check_chat_model, give_up_when_failed
+from modelbus.ingress.load_balance import LoadBalancer
+from modelbus.ingress.model_watch import check_chat_model, check_model, give_up_when_failed
 from modelbus.ingress.openapi import operation_with_content, sse_media_type
 from modelbus.ingress.request_task import RequestTask
 from modelbus.ingress.response_store import ResponseStore, new_response_id
@@ -195,6 +196,7 @@ def responses_router(
     *,
     security: list[SecurityRequirement] | None,
     embedding_models: frozenset[str] = frozenset(),
+    balancer: LoadBalancer | None = None,
 ) -> Router:
     errors = chat_job_errors(security)
     errors[400] = error_spec("Malformed or unsupported request (the field, item or tool is named)")
@@ -227,7 +229,11 @@ def responses_router(
             items, _tools = check_request(data)
         except RequestProblem as exc:
             raise _problem(exc) from exc
-        check_chat_model(views, data.model, embedding_models)
+        grouped = balancer is not None and data.model in balancer
+        if grouped:
+            check_model(views, data.model)
+        else:
+            check_chat_model(views, data.model, embedding_models)
         owner = key_owner(request.state)
         history: list[InputItem] = []
         if data.previous_response_id:
@@ -238,22 +244,31 @@ def responses_router(
                     code="previous_response_not_found", param="previous_response_id",
                 )  # fmt: skip
             history = [*previous.input, *previous.output]
-        request_id = task.request_id = unique_hex()
-        structlog.contextvars.bind_contextvars(bus_request_id=request_id)
         call = ResponsesCall(
             id=new_response_id(uuid.uuid4().hex), created_at=int(time.time()), request=data,
             input=[*history, *items],
         )  # fmt: skip
-        job = ChatRequest(
-            request_id=request_id, model=data.model, body=msgspec.Raw(_encoder.encode(call)),
-            stream=bool(data.stream), include_usage=True, traceparent=task.traceparent, api="responses",
-        )  # fmt: skip
         answer = _Answer(store, call, task, owner)
-        give_up = give_up_when_failed(views, data.model, grace=settings.error_grace)
-        pending = await client.submit(CHAT, job, queue=data.model, give_up=give_up)
-        first = await first_reply(request.receive, pending)
-        if first is None:  # the client left
+
+        async def ask(model: str) -> tuple[Pending[ChatReply], ChatReply] | None:
+            request_id = task.request_id = unique_hex()
+            structlog.contextvars.bind_contextvars(bus_request_id=request_id)
+            job = ChatRequest(
+                request_id=request_id, model=model, body=msgspec.Raw(_encoder.encode(call)),
+                stream=bool(data.stream), include_usage=True, traceparent=task.traceparent, api="responses",
+            )  # fmt: skip
+            give_up = give_up_when_failed(views, model, grace=settings.error_grace)
+            pending = await client.submit(CHAT, job, queue=model, give_up=give_up)
+            first = await first_reply(request.receive, pending)
+            return None if first is None else (pending, first)
+
+        if grouped and balancer is not None:
+            started = (await balancer.first_answer(data.model, ask))[1]
+        else:
+            started = await ask(data.model)
+        if started is None:  # the client left
             return Response(content=b"", status_code=499)
+        pending, first = started
         if isinstance(first, ChatResult):
             raw = bytes(first.data)
             await answer.finish(_decode(raw), raw)

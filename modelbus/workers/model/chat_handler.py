@@ -24,6 +24,7 @@ from modelbus.schemas.status import ErrorInfo
 from modelbus.workers.model.providers.base import ChatCall, Provider, ProviderError
 from modelbus.workers.model.responses import EventStream, chat_body, response_object
 from modelbus.workers.model.state import ModelState
+from modelbus.workers.model.tool_loop import ToolLoop, final_chunks, uses_runtime_tools
 
 __all__ = ("ChatHandler", "prepare_body")
 
@@ -78,11 +79,13 @@ class ChatHandler:
         model: ModelConfig,
         *,
         on_unhealthy: Callable[[ErrorInfo, str], None] = lambda _error, _message: None,
+        tools: ToolLoop | None = None,
     ) -> None:
         self.provider = provider
         self.state: ModelState = provider.state
         self.model = model
         self.on_unhealthy = on_unhealthy
+        self.tools = tools  # the tool loop of a model with runtime tools
 
     def describe(self, request: ChatRequest) -> Mapping[str, Any]:
         return {"model": request.model, "stream": request.stream}
@@ -109,6 +112,9 @@ class ChatHandler:
         )
         chunks = _Chunks(job)
         try:
+            if self.tools is not None and uses_runtime_tools(self.model, body):
+                await self._with_tools(job, self.tools, body, chunks)
+                return
             if request.stream:
                 await self.provider.stream(call, chunks.add)
             else:
@@ -124,6 +130,23 @@ class ChatHandler:
         else:
             job.span.add_completion(data)
             await job.send(ChatResult(**job.stamp(), data=msgspec.Raw(data)))
+
+    async def _with_tools(
+        self, job: Job[ChatRequest], tools: ToolLoop, body: dict[str, Any], chunks: _Chunks
+    ) -> None:
+        """The tool loop's answer: one result, or (``stream``) its progress and then the answer's chunks."""
+        request = job.request
+        job.span.labels["tools"] = ",".join(self.model.params.tools)
+        completion = await tools.answer(job, body, chunks.add_event)
+        data = _encoder.encode(completion)
+        if not request.stream:
+            job.span.add_completion(data)
+            await job.send(ChatResult(**job.stamp(), data=msgspec.Raw(data)))
+            return
+        for chunk in final_chunks(completion, include_usage=request.include_usage, model=self.model.name):
+            await chunks.add(chunk)
+        await chunks.flush()
+        await job.send(ChatEnd(**job.stamp()))
 
     async def _respond(self, job: Job[ChatRequest]) -> None:
         """A Responses API job: the response object, or its events (committed at the first one)."""

@@ -28,6 +28,7 @@ class ModelState:
         self.error: ErrorInfo | None = None
         self.error_message: str | None = None
         self.in_flight = 0
+        self.lent = 0  # jobs waiting on their runtime tools: their generation slots are idle meanwhile
         self.requests = 0
         self.failures = 0
         self.prompt_tokens = 0

@@ -15,15 +15,18 @@ from nats.aio.client import Client
 from modelbus.config import Config, ModelConfig
 from modelbus.runtime.tasks.recorder import TaskRecorder
 from modelbus.runtime.work_queue.cancellation import Cancellations
+from modelbus.runtime.work_queue.client import WorkQueueClient
 from modelbus.runtime.work_queue.consumer import JobConsumer, drain
 from modelbus.runtime.worker import WorkerRuntime
 from modelbus.schemas.chat import CHAT, ChatRequest
 from modelbus.schemas.heartbeat import ModelInfo
 from modelbus.schemas.status import ErrorInfo, ModelStatus
+from modelbus.schemas.tools import TOOL
 from modelbus.workers.model.chat_handler import ChatHandler
 from modelbus.workers.model.providers import Provider, create_provider, keep_ready
 from modelbus.workers.model.providers.factory import capacity_of
 from modelbus.workers.model.state import ModelState
+from modelbus.workers.model.tool_loop import ToolLoop
 
 __all__ = ("ModelWorker", "model_info")
 
@@ -75,6 +78,9 @@ class ModelWorker:
         self.recorder = TaskRecorder(
             nc, config.runtime.history, component="model_worker", worker_id=self.runtime.worker_id
         )
+        # runtime tool calls of the models with tools, answered by NSQL workers
+        self.tool_client = WorkQueueClient(nc, {TOOL: config.runtime.nsql})
+        self._uses_tools = any(m.params.tools for m in models)
         self.consumers = {name: self._consumer(name, provider) for name, provider in self.providers.items()}
 
     def _consumer(self, name: str, provider: Provider) -> JobConsumer[ChatRequest]:
@@ -84,11 +90,22 @@ class ModelWorker:
         def count(in_flight: int) -> None:
             state.in_flight = in_flight
 
-        handler = ChatHandler(provider, self._models[name], on_unhealthy=partial(self._unhealthy, name))
+        model = self._models[name]
+        tools = None
+        if model.params.tools:
+            tools = ToolLoop(
+                provider, model, client=self.tool_client, nc=self.runtime.nc, recorder=self.recorder,
+                settings=self.config.runtime.nsql,
+            )  # fmt: skip
+        handler = ChatHandler(provider, model, on_unhealthy=partial(self._unhealthy, name), tools=tools)
+
+        def capacity() -> int:  # a job waiting on its tools lends its slot, up to one more per slot
+            return state.capacity + min(state.lent, state.capacity)
+
         return JobConsumer(
             self.runtime.nc, CHAT, handler, queue=name, worker_id=self.runtime.worker_id,
             settings=self.config.runtime.chat, cancellations=self.cancellations, recorder=self.recorder,
-            capacity=lambda: state.capacity, ready=lambda: state.status is ModelStatus.READY, on_count=count,
+            capacity=capacity, ready=lambda: state.status is ModelStatus.READY, on_count=count,
         )  # fmt: skip
 
     def _start_checks(self, name: str) -> None:
@@ -137,6 +154,8 @@ class ModelWorker:
             await self.recorder.prepare()
             await self.cancellations.subscribe(self.runtime.nc)
             stack.push_async_callback(self.cancellations.unsubscribe)
+            if self._uses_tools:
+                await stack.enter_async_context(self.tool_client)
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
             stack.push_async_callback(self._drain)

@@ -44,11 +44,13 @@ from modelbus.schemas.chat import CHAT
 from modelbus.schemas.nsql import NSQL, NsqlDatasetStatus, NsqlReady, NsqlRequest
 from modelbus.schemas.status import ErrorCategory, ErrorInfo, ErrorType, ModelStatus
 from modelbus.schemas.subjects import NSQL_READY_SUBJECT, encode_token
+from modelbus.schemas.tools import TOOL, ToolRequest
 from modelbus.workers.nsql.context import TableSchema, describe_dataset
 from modelbus.workers.nsql.datasets import Dataset, load_datasets
 from modelbus.workers.nsql.executor import Executor
 from modelbus.workers.nsql.handler import NsqlHandler
 from modelbus.workers.nsql.stats import NsqlStats
+from modelbus.workers.nsql.tools import ToolHandler
 
 __all__ = ("NSQL_QUEUE_GROUP", "NsqlWorker", "data_dir_base")
 
@@ -103,6 +105,7 @@ class NsqlWorker:
         )
         self.cancellations = Cancellations()
         self.consumer: JobConsumer[NsqlRequest] | None = None
+        self.tool_consumer: JobConsumer[ToolRequest] | None = None  # models' runtime tool calls
         self.handler: NsqlHandler | None = None
         self._ready_sub: Subscription | None = None
         self._stack = AsyncExitStack()
@@ -226,15 +229,18 @@ class NsqlWorker:
 
     async def _drain(self) -> None:
         """Take no new requests, stop saying ready, and let running ones finish (bounded by the grace)."""
-        assert self.consumer is not None
-        self.consumer.stop_intake()
+        consumers = [c for c in (self.consumer, self.tool_consumer) if c is not None]
+        for consumer in consumers:
+            consumer.stop_intake()
         await self._stop_ready()
         await self.runtime.goodbye()
         with anyio.move_on_after(self.config.runtime.shutdown_grace, shield=True) as scope:
-            await self.consumer.wait_idle()
+            for consumer in consumers:
+                await consumer.wait_idle()
         log.info(
-            "nsql_worker.drained", timed_out=scope.cancelled_caught, still_running=self.consumer.in_flight
-        )
+            "nsql_worker.drained", timed_out=scope.cancelled_caught,
+            still_running=sum(c.in_flight for c in consumers),
+        )  # fmt: skip
 
     async def __aenter__(self) -> NsqlWorker:
         async with AsyncExitStack() as stack:
@@ -249,11 +255,12 @@ class NsqlWorker:
             client = await stack.enter_async_context(WorkQueueClient(self.nc, {CHAT: runtime.chat}))
             await self.cancellations.subscribe(self.nc)
             stack.push_async_callback(self.cancellations.unsubscribe)
+            executor = Executor(engine)
             handler = self.handler = NsqlHandler(
                 worker_id=self.worker_id,
                 datasets=self.datasets,
                 schemas=self.schemas,
-                executor=Executor(engine),
+                executor=executor,
                 client=client,
                 settings=runtime.nsql,
                 max_payload=self.nc.max_payload,
@@ -266,10 +273,16 @@ class NsqlWorker:
                 self.nc, NSQL, handler, worker_id=self.worker_id, settings=runtime.nsql,
                 cancellations=self.cancellations, recorder=recorder, capacity=lambda: runtime.nsql.capacity,
             )  # fmt: skip
+            self.tool_consumer = JobConsumer(
+                self.nc, TOOL, ToolHandler(handler, executor), worker_id=self.worker_id,
+                settings=runtime.nsql, cancellations=self.cancellations, recorder=recorder,
+                capacity=lambda: runtime.nsql.capacity,
+            )  # fmt: skip
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
             stack.push_async_callback(self._drain)
             await tg.start(self.consumer.run, name="nsql-consumer")
+            await tg.start(self.tool_consumer.run, name="tool-consumer")
             self._ready_sub = await self.nc.subscribe(
                 NSQL_READY_SUBJECT, queue=NSQL_QUEUE_GROUP, cb=self._answer_ready
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from modelbus.config import ModelConfig
+from modelbus.config.spicepod import USAGE_TIER_CONCURRENCY
 from modelbus.workers.model.providers.base import Provider
 from modelbus.workers.model.providers.local import LocalProvider
 from modelbus.workers.model.providers.openai_compat import OpenAIProvider
@@ -16,10 +17,14 @@ OPENAI_CAPACITY = 16
 
 
 def capacity_of(model: ModelConfig) -> int:
-    """A worker's slots for ``model``: llama-server's ``parallel`` for a local one, else ``capacity`` (16)."""
+    """A worker's slots for ``model``: llama-server's ``parallel`` for a local one, else ``capacity``, else
+    the concurrency of Spice's ``openai_usage_tier``, else 16."""
+    params = model.params
     if model.provider == "local":
-        return model.params.parallel
-    return model.params.capacity or OPENAI_CAPACITY
+        return params.parallel
+    if params.capacity:
+        return params.capacity
+    return USAGE_TIER_CONCURRENCY[params.openai_usage_tier] if params.openai_usage_tier else OPENAI_CAPACITY
 
 
 def create_provider(model: ModelConfig, state: ModelState, *, environ: Mapping[str, str]) -> Provider:

@@ -80,6 +80,10 @@ class OpenAIProvider:
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
+        if params.openai_org_id:
+            self._headers["OpenAI-Organization"] = params.openai_org_id
+        if params.openai_project_id:
+            self._headers["OpenAI-Project"] = params.openai_project_id
         self.endpoint = (endpoint or params.endpoint).rstrip("/")
         self.where = where or self.endpoint  # how error messages name the server
         self.upstream_model = upstream_model or model.provider_model
