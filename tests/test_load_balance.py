@@ -70,6 +70,8 @@ async def test_the_worker_is_a_model_in_the_listing_with_its_members(nats_server
                 "ready",
                 None,
             )
+            nsql = await http.post("/v1/nsql", json={"query": "how many?", "model": "router"})
+            assert nsql.status_code == 400 and nsql.json()["error"]["code"] == "model_not_supported"
         models = [m.id for m in (await stack.client().models.list()).data]
         assert {"primary", "backup", "router"} <= set(models)
 

@@ -182,10 +182,10 @@ async def test_the_issue_quickstart_serves_unchanged_with_its_tools_over_its_csv
             answer: dict[str, Any] = json.loads(done.choices[0].message.content or "")
             assert answer["rows"] == [_top_region(PODS / "data" / "sales_data.csv")]
             first = upstream.upstream.requests[-2].body
-            assert first["messages"][0] == {
-                "role": "system",
-                "content": config.models[0].params.system_prompt,
-            }
+            system = first["messages"][0]  # the pod's system prompt, then what the datasets are
+            assert system["role"] == "system"
+            assert system["content"].startswith(config.models[0].params.system_prompt or "")
+            assert "- sales_data: One row per order" in system["content"]
             assert first["temperature"] == 0.1 and first["model"] == "gpt-4o-mini"
 
 

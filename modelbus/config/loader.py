@@ -219,20 +219,26 @@ def _check_models(config: Config, source: str) -> None:
 EMBEDDING_PROVIDERS = ("local", "openai")
 
 
+def _check_name(name: str, taken: list[str], key: str, what: str, source: str) -> None:
+    """A name clients call: not empty, and not taken (models, embeddings and workers share one namespace,
+    since /v1/models lists them all); added to ``taken``."""
+    if not name.strip():
+        raise ConfigError(source, key, f"{what} needs a name", "set `name:`")
+    if name in taken:
+        raise ConfigError(
+            source, key, f"`{name}` is defined twice (models, embeddings and workers share one namespace: "
+            "/v1/models lists them all)", "rename one",
+        )  # fmt: skip
+    taken.append(name)
+
+
 def _check_embeddings(config: Config, source: str) -> None:
     """Embedding models: named once among every model, from a provider that embeds, datasets defined."""
     taken = [m.name for m in config.models]
     dataset_names = {d.name for d in config.datasets}
     for i, model in enumerate(config.embeddings):
         key = f"embeddings[{i}]"
-        if not model.name.strip():
-            raise ConfigError(source, f"{key}.name", "an embedding model needs a name", "set `name:`")
-        if model.name in taken:
-            raise ConfigError(
-                source, f"{key}.name", f"model `{model.name}` is defined twice (models and embeddings share "
-                "one namespace: /v1/models lists both)", "rename one",
-            )  # fmt: skip
-        taken.append(model.name)
+        _check_name(model.name, taken, f"{key}.name", "an embedding model", source)
         if model.provider not in EMBEDDING_PROVIDERS or not model.provider_model:
             raise ConfigError(
                 source, f"{key}.from", f"`{model.from_}` is not a supported embedding model source",
@@ -252,14 +258,7 @@ def _check_workers(config: Config, source: str) -> None:
     chat_models = {m.name for m in config.models}
     for i, worker in enumerate(config.workers):
         key = f"workers[{i}]"
-        if not worker.name.strip():
-            raise ConfigError(source, f"{key}.name", "a worker needs a name", "set `name:`")
-        if worker.name in taken:
-            raise ConfigError(
-                source, f"{key}.name", f"`{worker.name}` is defined twice (workers, models and embeddings "
-                "share one namespace: /v1/models lists them all)", "rename one",
-            )  # fmt: skip
-        taken.append(worker.name)
+        _check_name(worker.name, taken, f"{key}.name", "a worker", source)
         routing = worker.load_balance.routing
         for j, route in enumerate(routing):
             if route.from_ not in chat_models:

@@ -93,19 +93,11 @@ class ToolFailure(JobReply, frozen=True, kw_only=True, tag="modelbus.v1.tool_fai
     status: int
     message: str
     code: str | None = None
+    error_type: str = "server_error"
+    param: str | None = None
 
 
 ToolReply = ToolResult | ToolFailure
-
-
-def _failure(
-    *, request_id: str, worker_id: str, seq: int, status: int, message: str, code: str | None,
-    error_type: str, param: str | None,
-) -> ToolFailure:  # fmt: skip
-    del error_type, param
-    return ToolFailure(
-        request_id=request_id, worker_id=worker_id, seq=seq, status=status, message=message, code=code
-    )
 
 
 TOOL: JobKind[ToolRequest, ToolReply] = JobKind(
@@ -117,7 +109,7 @@ TOOL: JobKind[ToolRequest, ToolReply] = JobKind(
     request=ToolRequest,
     replies=ToolReply,
     commit=CommitPoint.RESULT,
-    failure=_failure,
+    failure=ToolFailure,
     worker="NSQL worker",
     label=lambda _queue: "tool",
     task="tool_call",

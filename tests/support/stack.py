@@ -55,6 +55,7 @@ class Stack:
     ingress: IngressServer
     workers: list[ModelWorker] = field(default_factory=list)
     clients: list[openai.AsyncOpenAI] = field(default_factory=list)
+    nsql: NsqlWorker | None = None
 
     @property
     def base_url(self) -> str:
@@ -131,6 +132,7 @@ async def nsql_stack(
         await stack.enter_async_context(Registry(await connection("registry"), config))
         worker = ModelWorker(await connection("model"), config, config.models, environ=os.environ)
         await stack.enter_async_context(worker)
+        nsql: NsqlWorker | None = None
         if engine is not None:
             nsql = NsqlWorker(
                 await connection("nsql"),
@@ -141,7 +143,7 @@ async def nsql_stack(
             )
             await stack.enter_async_context(nsql)
         ingress = await stack.enter_async_context(IngressServer(config, await connection("ingress"), port=0))
-        running = Stack(config, nats_url, ingress, [worker])
+        running = Stack(config, nats_url, ingress, [worker], nsql=nsql)
         try:
             await running.wait_ready(config.models[0].name, timeout=120)
             yield running

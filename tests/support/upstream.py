@@ -63,7 +63,7 @@ class Behaviour(msgspec.Struct, kw_only=True):
     error_events: bool = False  # stream errors as older llama-server builds sent them: an `error:` event in
     # a 200 stream (then `data: [DONE]`), even before the first chunk
     tool_name: str | None = None  # the tool a call is made to (default: the first one offered)
-    tool_arguments: str = '{"city": "Paris"}'
+    tool_arguments: str = '{"city": "Paris"}'  # `{turn}` in it becomes the call's number (1, 2, ...)
     tool_turns: int = 1  # consecutive tool results after which the stand-in answers instead of calling
     echo_tool_result: bool = False  # answer with the content of the last tool message
 
@@ -199,22 +199,24 @@ def _invalid_tools(request: dict[str, Any]) -> str | None:
 
 def _tool_call(request: dict[str, Any], b: Behaviour) -> dict[str, Any] | None:
     """The stand-in calls a tool (``tool_name``, else the first), unless told not to or it has been given
-    ``tool_turns`` tool results in a row."""
+    the results of ``tool_turns`` of its own calls in a row."""
     tools = request.get("tools") or []
     messages = request.get("messages") or []
     names = [t["function"]["name"] for t in tools]
-    results = 0
+    results = 0  # the results of the stand-in's own calls since the last user message
     for message in reversed(messages):
         if message.get("role") not in ("tool", "assistant"):
             break
-        results += message.get("role") == "tool"
+        results += message.get("role") == "tool" and str(message.get("tool_call_id")).startswith(
+            "call_standin"
+        )
     if not tools or request.get("tool_choice") == "none" or results >= b.tool_turns:
         return None
     name = b.tool_name if b.tool_name in names else names[0]
     return {
         "id": f"call_standin{results + 1}",
         "type": "function",
-        "function": {"name": name, "arguments": b.tool_arguments},
+        "function": {"name": name, "arguments": b.tool_arguments.replace("{turn}", str(results + 1))},
     }
 
 

@@ -74,6 +74,12 @@ def resolve(config: Config, query: NsqlQuery) -> tuple[ModelConfig, tuple[str, .
         model = default_model(config)
     else:
         found = config.model(query.model)
+        worker = config.worker(query.model)
+        if found is None and worker is not None:
+            raise ApiError(
+                400, f"`{query.model}` is a load-balancing worker; /v1/nsql asks one model: one of its "
+                f"members ({', '.join(worker.members)})", code="model_not_supported", param="model",
+            )  # fmt: skip
         if found is None:
             names = ", ".join(m.name for m in config.models)
             raise ApiError(

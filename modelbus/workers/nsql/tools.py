@@ -10,6 +10,7 @@ can act on: it reads them and tries again. At most :data:`MAX_RESULT_ROWS` rows 
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -55,13 +56,13 @@ class ToolHandler:
     def __init__(self, nsql: NsqlHandler, executor: Executor) -> None:
         self.nsql = nsql
         self.executor = executor
-        self.calls = 0
+        self.calls: collections.Counter[str] = collections.Counter()  # calls run, by tool
 
     def describe(self, request: ToolRequest) -> Mapping[str, Any]:
         return {"model": request.model, "tool": request.tool, "arguments_chars": len(request.arguments)}
 
     def done(self, job: Job[ToolRequest], seconds: float) -> None:
-        self.calls += 1
+        self.calls[job.request.tool] += 1
 
     async def handle(self, job: Job[ToolRequest]) -> None:
         request = job.request
