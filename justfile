@@ -52,7 +52,7 @@ bench *args:
     {{ venv }}/python -m tests.bench "$@"
 
 [group('check')]
-[doc('NSQL evaluation: ask evals/nsql/questions.yaml over POST /v1/nsql of a running system and score the answers (--base-url, --split dev|test|all, --model, --group, --concurrency, --json FILE, --check-gold)')]
+[doc('NSQL evaluation: ask evals/nsql/questions.yaml over POST /v1/nsql of a running system and score the answers (--base-url, --split dev|test|all, --model, --group, --concurrency, --json FILE, --check-gold; --chat: the same questions to a tools model over chat)')]
 eval-nsql *args:
     {{ venv }}/python -m evals.nsql "$@"
 

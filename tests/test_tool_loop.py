@@ -313,20 +313,18 @@ async def test_every_tool_call_is_a_child_span_in_the_task_history(
 async def test_the_local_model_with_tools_answers_from_its_sql_tool(
     nats_server: EmbeddedNats, nsql_engine: ClickHouse, tmp_path: Path
 ) -> None:
-    """The real local model (Qwen2.5-Coder-1.5B) with ``tools: auto`` over a sales_data of its own."""
+    """The real local model (Qwen2.5-Coder-1.5B) with ``tools: auto`` over the sales_data sample."""
     config = parse_config(
         FAST_RUNTIME
         + "  nsql: {request_timeout: 120}\n  chat: {request_timeout: 300}\n"
-        + "  clickhouse: {database: tools_local}\n"
         + "models:\n  - name: local\n    from: local:qwen2.5-coder-1.5b-instruct\n"
         + "    datasets: [sales_data]\n    params: {tools: auto, parallel: 2}\n"
-        + "datasets:\n  - name: sales_data\n    from: sample:sales_data\n    params: {rows: '10000'}\n",
+        + "datasets:\n  - name: sales_data\n    from: sample:sales_data\n",
         {},
     )
     async with nsql_stack(nats_server.url, config, nsql_engine, tmp_path) as stack:
-        [(europe,)] = admin_rows(
-            nsql_engine, "SELECT sum(total) FROM tools_local.sales_data WHERE region = 'Europe'"
-        )
+        europe_sql = "SELECT sum(total) FROM modelbus.sales_data WHERE region = 'Europe'"
+        [(europe,)] = admin_rows(nsql_engine, europe_sql)
         done = await stack.client().chat.completions.create(
             model="local", temperature=0, max_tokens=200,
             messages=[{"role": "user", "content": "What is the total of all orders for the region Europe?"}],

@@ -33,6 +33,7 @@ import sqlglot
 import yaml
 from sqlglot import exp
 
+from evals.nsql.chat import ask_chat, scalar_of, states
 from evals.nsql.score import refusal_ok, same_result
 from modelbus.runtime.clickhouse.names import TableRef
 from modelbus.workers.nsql import sample_data
@@ -226,13 +227,18 @@ async def evaluate(
     concurrency: int,
     timeout: float,
     sample_data: bool = False,
+    chat: bool = False,
 ) -> list[Outcome]:
-    """Ask every question, ``concurrency`` at a time, and score each answer."""
+    """Ask every question, ``concurrency`` at a time, and score each answer (``chat``: see
+    :mod:`evals.nsql.chat`)."""
     limit = asyncio.Semaphore(concurrency)
     outcomes = [Outcome(q.id, q.group, q.split, q.question, q.gold_sql) for q in questions]
 
     async def one(q: Question, outcome: Outcome) -> None:
         async with limit:
+            if chat:
+                await one_chat(q, outcome)
+                return
             try:
                 status, body, latency = await ask(http, base_url, q, model, datasets, sample_data=sample_data)
             except httpx.HTTPError as exc:
@@ -242,6 +248,21 @@ async def evaluate(
             score_answer(q, golds.get(q.id), status, body, outcome)
             mark = "pass" if outcome.passed else "MISS"
             print(f"{mark} {q.id} {status} {latency / 1000:.1f} s", file=sys.stderr)
+
+    async def one_chat(q: Question, outcome: Outcome) -> None:
+        assert model is not None
+        gold = golds[q.id]
+        try:
+            status, text, latency = await ask_chat(http, base_url, q.question, model)
+        except httpx.HTTPError as exc:
+            outcome.error = f"{type(exc).__name__}: {exc}"
+            return
+        outcome.status, outcome.latency_ms = status, latency
+        outcome.passed = status == 200 and states(text, scalar_of(gold.rows))
+        if not outcome.passed:
+            outcome.error = f"answered: {text[:300]!r}; gold: {scalar_of(gold.rows)}"
+        mark = "pass" if outcome.passed else "MISS"
+        print(f"{mark} {q.id} {status} {latency / 1000:.1f} s", file=sys.stderr)
 
     async with httpx.AsyncClient(timeout=timeout) as http:
         await asyncio.gather(*(one(q, o) for q, o in zip(questions, outcomes, strict=True)))
@@ -300,7 +321,14 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--questions", type=Path, default=QUESTIONS)
     parser.add_argument("--json", type=Path, help="write every result here")
     parser.add_argument("--check-gold", action="store_true", help="only run and check the gold queries")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--chat", action="store_true",
+        help="ask --model (a model with params.tools) over /v1/chat/completions; one-value answers only",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.chat and not args.model:
+        parser.error("--chat needs --model: a model with params.tools")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -322,6 +350,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"skipping {len(skipped)} questions: their tables have no generator", file=sys.stderr)
             questions = [q for q in questions if q not in skipped]
             golds = {q.id: run_gold(client, q) for q in questions if q.gold_sql is not None}
+            if args.chat:  # a prose answer is scored against one value
+                questions = [
+                    q for q in questions if q.id in golds and scalar_of(golds[q.id].rows) is not None
+                ]
+                print(f"{len(questions)} questions with one-value answers", file=sys.stderr)
         finally:
             client.close()
     outcomes = asyncio.run(
@@ -334,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             concurrency=max(1, args.concurrency),
             timeout=args.timeout,
             sample_data=args.sample_data,
+            chat=args.chat,
         )
     )
     print(report(outcomes))
