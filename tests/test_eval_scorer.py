@@ -18,6 +18,7 @@ from sqlglot import exp
 
 from evals.nsql import score
 from evals.nsql.__main__ import GROUPS, QUESTIONS, SPLITS, TABLES, load_questions
+from evals.nsql.chat import scalar_of, states
 from evals.nsql.score import MAX_MAPPINGS, normalise, refusal_ok, same_result, same_value
 
 GOLD_COLUMNS = ["customer_name", "total_sales"]
@@ -224,3 +225,24 @@ def test_questions_file_structure() -> None:
         else:
             assert "sales_data" in tables and len(tables) > 1, q.id
         assert refusal_ok(200, q.gold_sql, TABLES), q.id  # every gold query is itself harmless
+
+
+@pytest.mark.parametrize(
+    ("text", "value", "stated"),
+    [
+        ("The total is 1,629,739.80.", Decimal("1629739.80"), True),
+        ("about 1629740 in all", Decimal("1629739.8"), True),  # rounded to a whole number
+        ("53.40% of revenue", 53.40587419882006, True),  # within 0.1%
+        ("53.9% of revenue", 53.40587419882006, False),
+        ("There are 21218 orders.", 21218, True),
+        ("There are 21219 orders.", 21218, False),  # a count is exact
+        ("3.0 units", 3, True),
+        ("It was 200.", 20, False),
+        ("Electronics sells most", "Electronics", True),
+        ("on 2022-12-01", dt.date(2022, 12, 1), True),
+        ("no number here", 5, False),
+    ],
+)
+def test_a_chat_answer_states_the_gold_value(text: str, value: object, stated: bool) -> None:
+    assert states(text, value) is stated
+    assert scalar_of([(value,)]) == value and scalar_of([(1, 2)]) is None and scalar_of([]) is None

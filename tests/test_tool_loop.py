@@ -21,6 +21,7 @@ import pytest
 from modelbus.config import Config, parse_config
 from modelbus.runtime.clickhouse.engine import ClickHouse
 from modelbus.runtime.embedded_nats import EmbeddedNats
+from modelbus.workers.model.providers.tool_calls import parse_tool_calls
 from modelbus.workers.model.tool_loop import sql_written_in
 from modelbus.workers.nsql.tools import ToolHandler
 from tests.support.nsql_fixtures import admin_rows, nsql_engine
@@ -341,3 +342,28 @@ def test_sql_a_small_model_writes_in_its_answer_is_read_as_its_sql_call() -> Non
     assert sql_written_in({"content": "```python\nprint(1)\n```"}) == []
     assert sql_written_in({"content": "```sql\nDROP TABLE t\n```"}) == []  # not a query: left as the answer
     assert sql_written_in({"content": None}) == []
+
+
+@pytest.mark.parametrize(
+    ("content", "left"),
+    [
+        ('{"name": "sql", "arguments": {"query": "SELECT 1"}}', None),
+        ('```json\n{"name": "sql", "arguments": {"query": "SELECT 1"}}\n```', None),
+        (
+            'I will run it.\n\n```json\n{"name": "sql", "arguments": {"query": "SELECT 1"}}\n```',
+            "I will run it.",
+        ),
+        ('<tool_call>{"name": "sql", "arguments": {"query": "SELECT 1"}}</tool_call> ok', "ok"),
+    ],
+)
+def test_tool_calls_a_small_model_writes_in_its_text_are_read_in_each_of_its_forms(
+    content: str, left: str | None
+) -> None:
+    choice: dict[str, Any] = {"message": {"role": "assistant", "content": content}}
+    parse_tool_calls(choice, {"sql": {"type": "object"}})
+    [call] = choice["message"]["tool_calls"]
+    assert call["function"] == {"name": "sql", "arguments": '{"query":"SELECT 1"}'}
+    assert (choice["message"]["content"], choice["finish_reason"]) == (left, "tool_calls")
+    prose: dict[str, Any] = {"message": {"content": '```json\n{"name": "other"}\n```'}}
+    parse_tool_calls(prose, {"sql": {"type": "object"}})  # not an offered tool: the text stays
+    assert "tool_calls" not in prose["message"]

@@ -1,8 +1,8 @@
 """``--chat``: the same questions asked of a model with runtime tools over ``POST /v1/chat/completions``.
 
 A chat answer is prose, so only a question whose gold result is one value (one row, one column) can be
-scored: it passes when the answer states that value. Numbers are matched as written in any usual way
-(``1629739.8``, ``1,629,739.80``, and rounded to a whole number or to two places), dates as ISO dates, text
+scored: it passes when the answer states that value. A count must be stated exactly; another number may be
+rounded (to two places, or within 0.1%), with or without thousands separators; dates as ISO dates; text
 case-insensitively. Other questions are skipped in this mode; refusals are scored by ``/v1/nsql`` only.
 """
 
@@ -16,9 +16,11 @@ from typing import Any
 
 import httpx
 
-__all__ = ("ask_chat", "scalar_of", "states")
+__all__ = ("REL_TOLERANCE", "ask_chat", "scalar_of", "states")
 
-_SEPARATORS = re.compile(r"(?<=\d)[,\s](?=\d{3}\b)")
+_DIGIT_COMMA = re.compile(r"(?<=\d),(?=\d)")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+REL_TOLERANCE = Decimal("0.001")  # a stated fraction may be rounded (53.4% for 53.4059)
 
 
 def scalar_of(rows: list[tuple[Any, ...]]) -> Any | None:
@@ -26,26 +28,24 @@ def scalar_of(rows: list[tuple[Any, ...]]) -> Any | None:
     return rows[0][0] if len(rows) == 1 and len(rows[0]) == 1 else None
 
 
-def _spellings(value: Any) -> set[str]:
-    if isinstance(value, bool):
-        return {str(value).lower()}
-    if isinstance(value, int | float | Decimal):
-        number = Decimal(str(value))
-        forms = {f"{number:.2f}", f"{number:.0f}", format(number.normalize(), "f")}
-        return {f.rstrip(".") for f in forms}
-    if isinstance(value, dt.date):
-        return {value.isoformat()[:10]}
-    return {str(value).strip().lower()}
+def _close(stated: Decimal, gold: Decimal) -> bool:
+    """A whole-number gold (a count) is stated exactly; another may be rounded to two places or by 0.1%."""
+    if gold == gold.to_integral_value():
+        return stated == gold
+    return abs(stated - gold) <= max(Decimal("0.01"), abs(gold) * REL_TOLERANCE)
 
 
 def states(text: str, value: Any) -> bool:
     """Whether ``text`` states ``value`` (see the module docstring)."""
-    plain = _SEPARATORS.sub("", text).lower()
-    numbers = set(re.findall(r"-?\d+(?:\.\d+)?", plain))
-    spellings = _spellings(value)
-    if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
-        return bool(spellings & numbers)
-    return any(s in plain for s in spellings)
+    plain = _DIGIT_COMMA.sub("", text).lower()
+    if isinstance(value, bool):
+        return str(value).lower() in plain
+    if isinstance(value, int | float | Decimal):
+        gold = Decimal(str(value))
+        return any(_close(Decimal(n), gold) for n in _NUMBER.findall(plain))
+    if isinstance(value, dt.date):
+        return value.isoformat()[:10] in plain
+    return str(value).strip().lower() in plain
 
 
 async def ask_chat(

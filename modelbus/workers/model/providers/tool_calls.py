@@ -1,8 +1,9 @@
 """Tool calls for small local models, which llama-server's own parser does not always recognise.
 
 Qwen-style models answer a tool call as ``<tool_call>{json}</tool_call>``, or, the small ones, as the bare
-JSON object ``{"name": ..., "arguments": {...}}`` (sometimes in a Markdown fence), which llama-server leaves
-in ``content``. Two steps make tools dependable on such a model:
+JSON object ``{"name": ..., "arguments": {...}}`` (sometimes in a Markdown fence, sometimes fenced after a
+sentence saying what it will do), which llama-server leaves in ``content``. Two steps make tools dependable
+on such a model:
 
 - :func:`constrain_tool_choice`: when the client requires a call (``tool_choice: "required"`` or a named
   function), the answer is constrained by a JSON schema (llama.cpp's grammar) to exactly such an object for
@@ -23,6 +24,7 @@ __all__ = ("constrain_tool_choice", "offered_tools", "parse_tool_calls")
 
 _BLOCK = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.DOTALL)
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
+_FENCED = re.compile(r"```(?:json)?\s*(\{.*?\})\s*```", re.DOTALL)  # a fenced object anywhere in the text
 
 
 class _Call(msgspec.Struct):
@@ -77,14 +79,18 @@ def _decode(text: str, offered: dict[str, dict[str, Any]]) -> _Call | None:
     return call if call.name in offered else None
 
 
-def _calls_in(content: str, offered: dict[str, dict[str, Any]]) -> list[_Call]:
+def _calls_in(content: str, offered: dict[str, dict[str, Any]]) -> tuple[list[_Call], str | None]:
+    """The calls written in ``content``, and what the model wrote around them (None when nothing)."""
     blocks = [call for block in _BLOCK.findall(content) if (call := _decode(block, offered))]
     if blocks:
-        return blocks
+        return blocks, _BLOCK.sub("", content).strip() or None
     text = content.strip()
     fenced = _FENCE.match(text)
     whole = _decode(fenced[1] if fenced else text, offered)
-    return [whole] if whole is not None else []
+    if whole is not None:
+        return [whole], None
+    inline = [call for block in _FENCED.findall(content) if (call := _decode(block, offered))]
+    return inline, _FENCED.sub("", content).strip() or None
 
 
 def parse_tool_calls(choice: dict[str, Any], offered: dict[str, dict[str, Any]]) -> None:
@@ -92,8 +98,7 @@ def parse_tool_calls(choice: dict[str, Any], offered: dict[str, dict[str, Any]])
     message = choice.get("message") or {}
     if message.get("tool_calls") or not offered:
         return
-    content = message.get("content") or ""
-    calls = _calls_in(content, offered)
+    calls, rest = _calls_in(message.get("content") or "", offered)
     if not calls:
         return
     message["tool_calls"] = [
@@ -109,6 +114,5 @@ def parse_tool_calls(choice: dict[str, Any], offered: dict[str, dict[str, Any]])
         }
         for call in calls
     ]
-    # what the model wrote around <tool_call> blocks stays; a bare call object was all of the content
-    message["content"] = (_BLOCK.sub("", content).strip() or None) if _BLOCK.search(content) else None
+    message["content"] = rest
     choice["finish_reason"] = "tool_calls"
