@@ -308,8 +308,13 @@ def _table_line(dataset: dict[str, Any], schema: Any) -> str:
         line += f": {dataset['description']}"
     columns = schema.get("columns") if isinstance(schema, dict) else None
     if columns:
-        line += " Columns: " + ", ".join(f"{c.get('name')} ({c.get('type')})" for c in columns) + "."
+        line += " Columns: " + ", ".join(_column(c) for c in columns if isinstance(c, dict)) + "."
     return line
+
+
+def _column(column: dict[str, Any]) -> str:
+    note = f"; {column['note']}" if column.get("note") else ""
+    return f"{column.get('name')} ({column.get('type')}{note})"
 
 
 def _listed(content: str) -> list[Any]:

@@ -41,6 +41,7 @@ __all__ = (
     "SQL_RESPONSE_SCHEMA",
     "anchor_date",
     "build_messages",
+    "column_note",
     "pick_relevant",
     "retry_message",
     "system_prompt",
@@ -138,7 +139,7 @@ def _dates_block(anchor: str) -> str:
     )
 
 
-def _column_note(schema: TableSchema, column: str, comment: str) -> str:
+def column_note(schema: TableSchema, column: str, comment: str) -> str:
     notes = [comment] if comment else []
     if (dates := schema.date_ranges.get(column)) is not None:
         notes.append(f"from {dates.first} to {dates.last}")
@@ -155,7 +156,7 @@ def _table_block(schema: TableSchema, *, samples: bool) -> str:
     if schema.description:
         lines.append(schema.description)
     lines += ["", "| column | type | notes |", "|---|---|---|"]
-    lines += [f"| {c.name} | {c.type} | {_column_note(schema, c.name, c.comment)} |" for c in schema.columns]
+    lines += [f"| {c.name} | {c.type} | {column_note(schema, c.name, c.comment)} |" for c in schema.columns]
     if samples and schema.sample_rows:
         lines += ["", f"Example rows of `{schema.name}` (JSON):"]
         lines += [_encode_row(row) for row in schema.sample_rows]

@@ -25,6 +25,7 @@ from modelbus.workers.nsql.formats import json_rows
 from modelbus.workers.nsql.guard import Refused, check
 from modelbus.workers.nsql.handler import NsqlHandler
 from modelbus.workers.nsql.model_client import BusModel
+from modelbus.workers.nsql.prompt import column_note
 
 __all__ = ("MAX_RESULT_ROWS", "ToolHandler")
 
@@ -152,11 +153,14 @@ def _dataset(readable: Mapping[str, TableSchema], name: str) -> TableSchema:
 
 
 def _schema(schema: TableSchema) -> dict[str, Any]:
-    return {
-        "name": schema.name,
-        "description": schema.description or "",
-        "columns": [{"name": c.name, "type": c.type} for c in schema.columns],
-    }
+    """A dataset's columns, each with what the NSQL prompt says of it (its values, its date range, ...)."""
+    columns = []
+    for c in schema.columns:
+        column = {"name": c.name, "type": c.type}
+        if note := column_note(schema, c.name, c.comment):
+            column["note"] = note
+        columns.append(column)
+    return {"name": schema.name, "description": schema.description or "", "columns": columns}
 
 
 def _rows_content(rows: list[Any], *, sql: str | None) -> str:
