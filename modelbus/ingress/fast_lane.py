@@ -29,6 +29,7 @@ from modelbus.ingress.disconnect import unless_disconnected
 from modelbus.ingress.errors import ApiError, api_error_body, bus_failure_error
 from modelbus.ingress.model_query import ModelQuery
 from modelbus.ingress.model_rendering import ModelRenderer
+from modelbus.ingress.scope_headers import header
 from modelbus.ingress.view_store import ModelViewStore
 from modelbus.runtime.work_queue.errors import BusFailure
 from modelbus.schemas.chat import ChatResult
@@ -159,10 +160,8 @@ async def _read_body(receive: Receive, limit: int) -> tuple[list[Any], bytes, bo
 
 
 def _declared_length(scope: Scope) -> int:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            return int(value) if value.isdigit() else 0  # a malformed one is the server's to refuse
-    return 0
+    value = header(scope, b"content-length")
+    return int(value) if value is not None and value.isdigit() else 0  # a malformed one: the server's
 
 
 def _replay(messages: list[Any], receive: Receive) -> Receive:

@@ -74,16 +74,15 @@ class LoadBalancer:
         for member in members:
             try:
                 return member, await ask(member)
-            except ApiError as exc:
-                if not _passes_on(exc.status_code):
+            except (ApiError, BusFailure) as exc:
+                status, code, message = (
+                    (exc.status_code, exc.code, exc.detail) if isinstance(exc, ApiError)
+                    else (exc.status, exc.code, exc.message)
+                )  # fmt: skip
+                if not _passes_on(status):
                     raise
-                statuses.append(exc.status_code)
-                tried.append(f"`{member}` {exc.status_code} {exc.code}: {exc.detail}")
-            except BusFailure as exc:
-                if not _passes_on(exc.status):
-                    raise
-                statuses.append(exc.status)
-                tried.append(f"`{member}` {exc.status} {exc.code}: {exc.message}")
+                statuses.append(status)
+                tried.append(f"`{member}` {status} {code}: {message}")
         every_429 = all(s == 429 for s in statuses)
         raise ApiError(
             429 if every_429 else 502, f"Every member of `{name}` failed: " + "; ".join(tried),

@@ -16,6 +16,7 @@ from litestar.response import Stream
 from litestar.types import Scope
 
 from modelbus.ingress.errors import ApiError
+from modelbus.ingress.scope_headers import header
 from modelbus.runtime.tasks.recorder import TaskRecorder
 from modelbus.runtime.tasks.span import TaskSpan
 from modelbus.runtime.tasks.summaries import Usage
@@ -68,7 +69,5 @@ class RequestTask(TaskSpan):
 
 
 def _traceparent(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == b"traceparent":
-            return value.decode("latin-1")
-    return None
+    value = header(scope, b"traceparent")
+    return value.decode("latin-1") if value is not None else None

@@ -28,6 +28,7 @@ from modelbus.ingress.load_balance import LoadBalancer
 from modelbus.ingress.model_watch import check_chat_model, check_model, give_up_when_failed
 from modelbus.ingress.openapi import operation_with_content, sse_media_type
 from modelbus.ingress.request_task import RequestTask
+from modelbus.ingress.scope_headers import header
 from modelbus.ingress.view_store import ModelViewStore
 from modelbus.runtime.ids import unique_hex
 from modelbus.runtime.tasks.recorder import TaskRecorder
@@ -139,7 +140,8 @@ class ChatCompletions:
             input=chat_input(data.messages) if self.recorder.keeps_text else None,
         )
         task.state["model"] = data.model
-        task.state[PROGRESS_HEADER] = _header(scope, PROGRESS_HEADER.encode()) == "enabled"
+        progress = header(scope, PROGRESS_HEADER.encode())
+        task.state[PROGRESS_HEADER] = progress is not None and progress.strip().lower() == b"enabled"
         return task
 
     async def start(
@@ -181,13 +183,6 @@ class ChatCompletions:
         return None if first is None else (pending, first)
 
     events = staticmethod(_events)
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1").strip().lower()
-    return None
 
 
 def chat_router(chat: ChatCompletions, *, security: list[SecurityRequirement] | None) -> Router:

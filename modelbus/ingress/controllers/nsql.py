@@ -10,12 +10,10 @@ HTTP error.
 
 from __future__ import annotations
 
-import time
 from functools import partial
 from typing import Annotated, Any
 
 import anyio
-import nats.errors
 import structlog
 from litestar import Request, Response, Router, post
 from litestar.openapi.datastructures import ResponseSpec
@@ -33,17 +31,16 @@ from modelbus.ingress.openapi import operation_with_content, sse_media_type
 from modelbus.ingress.request_task import RequestTask
 from modelbus.ingress.view_store import ModelViewStore
 from modelbus.runtime.ids import unique_hex
+from modelbus.runtime.nsql_presence import NsqlPresence
 from modelbus.runtime.tasks.recorder import TaskRecorder
 from modelbus.runtime.work_queue.client import WorkQueueClient
 from modelbus.schemas.nsql import NSQL, NsqlQuery, NsqlRequest, ResponseFormat, negotiate
 from modelbus.schemas.status import ModelStatus
-from modelbus.schemas.subjects import NSQL_READY_SUBJECT
 
 __all__ = ("nsql_router",)
 
 log = structlog.get_logger(__name__)
 NsqlBody = Annotated[NsqlQuery, Body(description="The question, and optionally the model and datasets")]
-READY_CACHE_S = 1.0
 # Spice's name for "the NSQL model" (its 2025 default, and the seed's example): the default model here
 SPICE_DEFAULT_MODEL = "nql"
 
@@ -115,27 +112,16 @@ def resolve(config: Config, query: NsqlQuery) -> tuple[ModelConfig, tuple[str, .
 
 
 class _WorkerPresence:
-    """Whether a ready NSQL worker answers, asked at most once a second."""
+    """A 503 when no NSQL worker is ready (:class:`~modelbus.runtime.nsql_presence.NsqlPresence`)."""
 
     def __init__(self, client: WorkQueueClient) -> None:
-        self._nc = client.nc
-        self._ready_until = 0.0
+        self._presence = NsqlPresence(client.nc)
 
     async def check(self) -> None:
-        if time.monotonic() < self._ready_until:
-            return
-        try:
-            await self._nc.request(NSQL_READY_SUBJECT, b"", timeout=1.0)
-        except (
-            nats.errors.NoRespondersError,
-            nats.errors.TimeoutError,
-            TimeoutError,
-            nats.errors.Error,
-        ) as exc:
+        if not await self._presence.ready():
             raise ApiError(
                 503, "No NSQL worker is ready", code="nsql_unavailable", headers={"Retry-After": "1"}
-            ) from exc
-        self._ready_until = time.monotonic() + READY_CACHE_S
+            )
 
 
 def _responses(*, auth: bool) -> dict[int, ResponseSpec]:

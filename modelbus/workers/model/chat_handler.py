@@ -22,9 +22,10 @@ from modelbus.schemas.chat import ChatChunk, ChatEnd, ChatRequest, ChatResult
 from modelbus.schemas.responses import MessageItem, ResponsesCall
 from modelbus.schemas.status import ErrorInfo
 from modelbus.workers.model.providers.base import ChatCall, Provider, ProviderError
+from modelbus.workers.model.providers.usage import completion_as_stream
 from modelbus.workers.model.responses import EventStream, chat_body, response_object
 from modelbus.workers.model.state import ModelState
-from modelbus.workers.model.tool_loop import ToolLoop, final_chunks, uses_runtime_tools
+from modelbus.workers.model.tool_loop import ToolLoop, uses_runtime_tools
 
 __all__ = ("ChatHandler", "prepare_body")
 
@@ -143,7 +144,8 @@ class ChatHandler:
             job.span.add_completion(data)
             await job.send(ChatResult(**job.stamp(), data=msgspec.Raw(data)))
             return
-        for chunk in final_chunks(completion, include_usage=request.include_usage, model=self.model.name):
+        stream = completion_as_stream(completion, include_usage=request.include_usage, model=self.model.name)
+        for chunk in stream:
             await chunks.add(chunk)
         await chunks.flush()
         await job.send(ChatEnd(**job.stamp()))

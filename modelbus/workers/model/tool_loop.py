@@ -28,31 +28,28 @@ from typing import Any
 
 import anyio
 import msgspec
-import nats.errors
 from nats.aio.client import Client
 
 from modelbus.config import ModelConfig, QueueSettings
 from modelbus.runtime.ids import unique_hex
+from modelbus.runtime.nsql_presence import NsqlPresence
 from modelbus.runtime.tasks.recorder import TaskRecorder
 from modelbus.runtime.tasks.span import TaskSpan
 from modelbus.runtime.work_queue.client import WorkQueueClient
 from modelbus.runtime.work_queue.consumer import Job
 from modelbus.runtime.work_queue.errors import BusFailure
 from modelbus.schemas.chat import ChatRequest
-from modelbus.schemas.subjects import NSQL_READY_SUBJECT
 from modelbus.schemas.tools import TOOL, ToolFailure, ToolRequest, ToolResult, tool_definitions
 from modelbus.workers.model.providers.base import ChatCall, Provider, ProviderError
 from modelbus.workers.model.providers.tool_calls import offered_tools
-from modelbus.workers.model.providers.usage import completion_as_chunks, usage_chunk
 from modelbus.workers.model.state import ModelState
 
-__all__ = ("ToolLoop", "final_chunks", "sql_written_in", "uses_runtime_tools")
+__all__ = ("ToolLoop", "sql_written_in", "uses_runtime_tools")
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(dict[str, Any])
 _decoder_any = msgspec.json.Decoder(list[Any])
 _USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
-NSQL_PROBE_S = 2.0  # how long to wait for any NSQL worker to say it is ready
 PROGRESS_PREFIX = "!---jsonl"  # how Spice marks a progress chunk's content
 DATASETS_PROMPT = (
     "You answer questions about data by calling the tools. The tables you may query with the `sql` tool "
@@ -76,10 +73,10 @@ class ToolLoop:
         self.state: ModelState = provider.state
         self.model = model
         self.client = client
-        self.nc = nc
         self.recorder = recorder
         self.settings = settings
         self.runtime_tools = model.params.tools
+        self.nsql = NsqlPresence(nc)
 
     async def answer(
         self, job: Job[ChatRequest], body: dict[str, Any], emit: Callable[[bytes], Awaitable[None]]
@@ -90,10 +87,10 @@ class ToolLoop:
         runtime = tuple(t for t in self.runtime_tools if t not in client_tools)
         messages = list(body["messages"])
         usage: dict[str, int] = {}
-        progress = request.progress and request.stream
-        nsql_present = await self._nsql_present()
+        notify = emit if request.progress and request.stream else None  # Spice's progress chunks
+        nsql_present = await self.nsql.ready()
         if nsql_present:
-            await self._describe_datasets(job, runtime, messages, emit if progress else None)
+            await self._describe_datasets(job, runtime, messages, notify)
         asked: set[tuple[str, str]] = set()  # the calls run so far
         repeated = False
         for turn in range(self.model.params.tool_recursion_limit + 1):
@@ -126,8 +123,8 @@ class ToolLoop:
             asked.update((_name(c), _arguments(c)) for c in calls)
             messages.append({"role": "assistant", "content": message.get("content"), "tool_calls": calls})
             for call in calls:
-                _status, content = await self._run_call(
-                    job, _name(call), _arguments(call), str(call.get("id", "")), emit if progress else None,
+                _status, content = await self._call(
+                    job, _name(call), _arguments(call), str(call.get("id", "")), notify,
                     nsql_present=nsql_present,
                 )  # fmt: skip
                 messages.append({"role": "tool", "tool_call_id": call.get("id", ""), "content": content})
@@ -146,7 +143,7 @@ class ToolLoop:
         told in the system message, it calls them (5 of 6; docs/benchmarks.md)."""
         if "list_datasets" not in runtime:
             return
-        status, content = await self._run_call(
+        status, content = await self._call(
             job, "list_datasets", "{}", "initial_list_datasets", emit, nsql_present=True
         )
         listed = [d for d in _listed(content) if isinstance(d, dict)] if status < 400 else []
@@ -155,7 +152,7 @@ class ToolLoop:
         schemas: dict[Any, Any] = {}
         if "table_schema" in runtime:
             arguments = _encoder.encode({"tables": [d.get("name") for d in listed]}).decode()
-            status, content = await self._run_call(
+            status, content = await self._call(
                 job, "table_schema", arguments, "initial_table_schema", emit, nsql_present=True
             )
             if status < 400:
@@ -168,19 +165,6 @@ class ToolLoop:
             messages[0] = {**first, "content": f"{first['content']}\n\n{text}"}
         else:
             messages.insert(0, {"role": "system", "content": text})
-
-    async def _run_call(
-        self, job: Job[ChatRequest], name: str, arguments: str, call_id: str,
-        emit: Callable[[bytes], Awaitable[None]] | None, *, nsql_present: bool,
-    ) -> tuple[int, str]:  # fmt: skip
-        """One call, with its progress chunks before and after when ``emit`` is given."""
-        if emit is not None:
-            await emit(_progress("log", call_id, f"Calling '{name}' tool", arguments))
-        status, content = await self._call(job, name, arguments, nsql_present=nsql_present)
-        if emit is not None:
-            how, kind = ("successfully", "log") if status < 400 else ("unsuccessfully", "err")
-            await emit(_progress(kind, call_id, f"'{name}' tool completed {how}", content[:1000]))
-        return status, content
 
     async def _turn(
         self, request: ChatRequest, body: dict[str, Any], messages: list[Any], offered: tuple[str, ...],
@@ -207,18 +191,14 @@ class ToolLoop:
         except msgspec.DecodeError as exc:
             raise ProviderError(502, f"the model's answer is not JSON: {exc}") from exc
 
-    async def _nsql_present(self) -> bool:
-        try:
-            await self.nc.request(NSQL_READY_SUBJECT, b"", timeout=NSQL_PROBE_S)
-        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-            return False
-        return True
-
     async def _call(
-        self, job: Job[ChatRequest], name: str, arguments: str, *, nsql_present: bool
-    ) -> tuple[int, str]:
+        self, job: Job[ChatRequest], name: str, arguments: str, call_id: str,
+        emit: Callable[[bytes], Awaitable[None]] | None, *, nsql_present: bool,
+    ) -> tuple[int, str]:  # fmt: skip
         """One runtime tool call, as its ``tool_use::<name>`` span: its status, and its result or why it
-        failed (the model reads either)."""
+        failed (the model reads either); its progress chunks before and after when ``emit`` is given."""
+        if emit is not None:
+            await emit(_progress("log", call_id, f"Calling '{name}' tool", arguments))
         span = TaskSpan(
             self.recorder, task=f"tool_use::{name}", traceparent=job.span.traceparent, model=self.model.name,
             request_id=job.request.request_id, input=arguments if self.recorder.keeps_text else None,
@@ -236,6 +216,9 @@ class ToolLoop:
             span.add_output(content)
             with anyio.CancelScope(shield=True):
                 await span.finish(status, error_code=code, error_message=content if status >= 400 else None)
+        if emit is not None:
+            how, kind = ("successfully", "log") if status < 400 else ("unsuccessfully", "err")
+            await emit(_progress(kind, call_id, f"'{name}' tool completed {how}", content[:1000]))
         return status, content
 
     async def _run(
@@ -263,16 +246,6 @@ class ToolLoop:
         if reply.rows is not None:
             span.labels["rows"] = str(reply.rows)
         return (400, "tool_error", reply.content) if reply.is_error else (200, None, reply.content)
-
-
-def final_chunks(completion: dict[str, Any], *, include_usage: bool, model: str) -> list[bytes]:
-    """The stream that carries a tool loop's final completion."""
-    chunks = completion_as_chunks(completion)
-    if include_usage and completion.get("usage"):
-        chunks.append(
-            usage_chunk(completion.get("id", ""), model, completion["usage"], completion.get("created"))
-        )
-    return chunks
 
 
 def _name(call: dict[str, Any]) -> str:

@@ -30,7 +30,7 @@ from modelbus.workers.model.engine.process import BASE_URL, EngineExited, LlamaS
 from modelbus.workers.model.providers.base import ChatCall, CheckFailed, Emit, ProviderError
 from modelbus.workers.model.providers.openai_compat import OpenAIProvider
 from modelbus.workers.model.providers.tool_calls import constrain_tool_choice, offered_tools, parse_tool_calls
-from modelbus.workers.model.providers.usage import completion_as_chunks, usage_chunk
+from modelbus.workers.model.providers.usage import completion_as_stream
 from modelbus.workers.model.state import ModelState
 
 __all__ = ("LocalProvider", "llama_server_args")
@@ -192,12 +192,8 @@ class LocalProvider:
             return
         # a tool call is known only once the whole answer is there: generate it, then stream it as deltas
         result = await self._with_tools(call, offered)
-        for chunk in completion_as_chunks(result):
+        for chunk in completion_as_stream(result, include_usage=call.include_usage, model=self.model.name):
             await emit(chunk)
-        if call.include_usage and result.get("usage"):
-            await emit(
-                usage_chunk(result.get("id", ""), self.model.name, result["usage"], result.get("created"))
-            )
 
     async def _stop_server(self) -> None:
         server, http = self.server, self._http

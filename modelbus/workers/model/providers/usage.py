@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ("UsageCounter", "completion_as_chunks", "estimate_tokens", "usage_chunk")
+__all__ = ("UsageCounter", "completion_as_chunks", "completion_as_stream", "estimate_tokens", "usage_chunk")
 
 _encoder = msgspec.json.Encoder()
 
@@ -79,4 +79,12 @@ def completion_as_chunks(result: dict[str, Any]) -> list[bytes]:
     for i, tool_call in enumerate(message.get("tool_calls") or []):
         chunks.append(chunk({"tool_calls": [{"index": i, **tool_call}]}, None))
     chunks.append(chunk({}, choice.get("finish_reason") or "stop"))
+    return chunks
+
+
+def completion_as_stream(result: dict[str, Any], *, include_usage: bool, model: str) -> list[bytes]:
+    """A whole ``chat.completion`` as the stream that carries it, with the usage chunk when asked for."""
+    chunks = completion_as_chunks(result)
+    if include_usage and result.get("usage"):
+        chunks.append(usage_chunk(result.get("id", ""), model, result["usage"], result.get("created")))
     return chunks
