@@ -26,10 +26,12 @@ test *args:
     {{ venv }}/pytest "$@"
 
 [group('check')]
-[doc('formatting and lint (ruff)')]
+[doc('formatting and lint (ruff; the status page with eslint and html-validate)')]
 lint:
     {{ venv }}/ruff format --check .
     {{ venv }}/ruff check .
+    cd tests/js && npx --no-install eslint --config eslint.config.js --max-warnings 0 --stdin --stdin-filename status_page/app.js < ../../modelbus/ingress/status_page/app.js
+    cd tests/js && npx --no-install html-validate --config .htmlvalidate.json ../../modelbus/ingress/status_page/index.html
 
 [group('check')]
 [doc('type check (mypy, strict as configured in pyproject.toml)')]

@@ -87,11 +87,16 @@ def _served_model(case: Case) -> Case:
     return case
 
 
-def _served_model_streamed(case: Case) -> Case:
+def _served_model_streamed(case: Case, stream: bool = True) -> Case:
     case = _served_model(case)
     if isinstance(case.body, dict) and "messages" in case.body:
-        case.body = {**case.body, "stream": True}
+        case.body = {**case.body, "stream": stream}
     return case
+
+
+def _served_model_plain(case: Case) -> Case:
+    """Plain and streamed chats both reach the served model, whatever ``stream`` the schema drew."""
+    return _served_model_streamed(case, stream=False)
 
 
 def _fuzz_operation(
@@ -100,7 +105,10 @@ def _fuzz_operation(
     label = f"{operation.method.upper()} {operation.path}"
     strategy = operation.as_strategy(generation_mode=mode)
     if mode is GenerationMode.POSITIVE:  # most valid requests name the served model; chats also stream
-        strategy = st.one_of(strategy, strategy.map(_served_model), strategy.map(_served_model_streamed))
+        strategy = st.one_of(
+            strategy, strategy.map(_served_model), strategy.map(_served_model_plain),
+            strategy.map(_served_model_streamed),
+        )  # fmt: skip
 
     @given(case=strategy)
     @settings(
@@ -169,6 +177,9 @@ async def test_schemathesis_finds_nothing_on_the_live_ingress(nats_server: Embed
         "POST /v1/responses",
         "GET /v1/responses/{response_id}",
         "POST /v1/embeddings",
+        "GET /metrics/queues",
+        "GET /metrics/workers",
+        "GET /metrics/history",
     }, report.operations
     assert not report.failures, "\n\n".join(report.failures)
     # nothing to make invalid (no parameters, no body). /v1/models/events streams only when asked for
@@ -176,7 +187,7 @@ async def test_schemathesis_finds_nothing_on_the_live_ingress(nats_server: Embed
     # A response id is any string (an unknown one is a 404), so there is no invalid one to send either.
     parameterless = {
         "GET /health", "GET /v1/models/events", "GET /v1/asyncapi.json", "GET /v1/responses/{response_id}",
-        "DELETE /v1/responses/{response_id}",
+        "DELETE /v1/responses/{response_id}", "GET /metrics/queues", "GET /metrics/workers",
     }  # fmt: skip
     assert set(report.no_negative) <= parameterless, report.no_negative
     # the fuzzing reached the success paths and the expected errors, not only the validation errors

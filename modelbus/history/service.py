@@ -18,6 +18,7 @@ from nats.aio.client import Client
 
 from modelbus.config import Config
 from modelbus.history.sink import HistorySink
+from modelbus.history.summary import HistoryResponder
 from modelbus.runtime.clickhouse.datadir import open_engine
 from modelbus.runtime.clickhouse.engine import ClickHouse
 
@@ -64,6 +65,7 @@ class HistoryService:
             else:
                 sink = HistorySink(self.nc, engine, runtime.history, consumer=SHARED_CONSUMER)
             self.sink = await stack.enter_async_context(sink)
+            await stack.enter_async_context(HistoryResponder(self.nc, engine, sink.table))
             self._stack = stack.pop_all()
         return self
 

@@ -13,7 +13,7 @@ from litestar import Litestar
 from litestar.types import ASGIApp
 
 from modelbus.config import Config
-from modelbus.ingress.auth import ApiKeyAuth
+from modelbus.ingress.auth import PUBLIC_PATHS, ApiKeyAuth
 from modelbus.ingress.controllers.chat import ChatCompletions, chat_router
 from modelbus.ingress.controllers.embeddings import embeddings_router
 from modelbus.ingress.controllers.events import events_router
@@ -22,6 +22,7 @@ from modelbus.ingress.controllers.metrics import metrics_router
 from modelbus.ingress.controllers.models import models_router
 from modelbus.ingress.controllers.nsql import nsql_router
 from modelbus.ingress.controllers.responses import responses_router
+from modelbus.ingress.controllers.status_page import PAGE_PATHS, status_page_router
 from modelbus.ingress.errors import EXCEPTION_HANDLERS
 from modelbus.ingress.fast_lane import FastLane
 from modelbus.ingress.load_balance import LoadBalancer
@@ -75,6 +76,7 @@ def create_app(
             nsql_router(config, views, client, recorder, security=security),
             *optional,
             metrics_router(metrics),
+            status_page_router(client.nc, depths, config.runtime.history, security=security),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=config.runtime.http.max_body_bytes,
@@ -87,6 +89,6 @@ def create_app(
         app.asgi_handler, views, renderer, chat, max_body_bytes=config.runtime.http.max_body_bytes
     )
     if api_keys:
-        handler = ApiKeyAuth(handler, api_keys)
+        handler = ApiKeyAuth(handler, api_keys, public_paths=PUBLIC_PATHS | PAGE_PATHS)
     app.asgi_handler = RequestMetrics(RequestLogging(handler), metrics)
     return app

@@ -28,11 +28,16 @@ consumer at once (at most ``_CONCURRENCY`` at a time) under one ``timeout``, and
 ``max_age`` seconds, so a burst of scrapes costs one round. A consumer that does not exist yet (no worker
 has started for the model, so nothing can be waiting) reports 0; a consumer that could not be asked in time
 has no sample in that scrape rather than a stale one.
+
+Each refresh also keeps a sample per queue, at most one per ``sample_interval`` and for ``window``
+seconds, for the status page's sparklines (``GET /metrics/queues``, :meth:`QueueDepths.view`). The
+samples are taken when someone asks (the page, a scrape), so a gap in them is a time nobody looked.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -50,6 +55,7 @@ from prometheus_client.registry import Collector
 
 from modelbus.ingress.view_store import ModelViewStore
 from modelbus.schemas.chat import CHAT
+from modelbus.schemas.dashboard import QueueSeries, QueuesView
 from modelbus.schemas.nsql import NSQL
 
 __all__ = ("MEDIA_TYPE", "IngressMetrics", "QueueDepths", "RequestMetrics")
@@ -202,6 +208,8 @@ class QueueDepths(Collector):
         *,
         timeout: float = 1.0,
         max_age: float = 1.0,
+        sample_interval: float = 5.0,
+        window: float = 600.0,
     ) -> None:
         self._js = js
         self._views = views
@@ -213,6 +221,10 @@ class QueueDepths(Collector):
         self._refreshed = -max_age
         self._lock = anyio.Lock()
         self._limiter = anyio.CapacityLimiter(_CONCURRENCY)
+        self.sample_interval = sample_interval
+        self.window = window
+        self._history: dict[tuple[str, str], deque[tuple[float, int, int]]] = {}
+        self._sampled = -sample_interval
 
     def _chat_consumer(self, model: str) -> str:
         name = self._consumers.get(model)
@@ -242,6 +254,42 @@ class QueueDepths(Collector):
                 log.warning("metrics.queue_depth_timeout", answered=len(samples), asked=len(targets))
             self._samples = samples
             self._refreshed = time.monotonic()
+            if self._refreshed - self._sampled >= self.sample_interval:
+                self._sampled = self._refreshed
+                self._keep(samples, time.time())
+
+    def _keep(self, samples: dict[tuple[str, str], tuple[int, int]], now: float) -> None:
+        """Add this refresh's depths to each queue's recent samples; forget queues of models now gone."""
+        keep = int(self.window / self.sample_interval) + 1
+        live = {(queue, model) for queue, model, _, _ in self._targets()}
+        for key in list(self._history):
+            if key not in live:
+                del self._history[key]
+        for key, (pending, acked) in samples.items():
+            series = self._history.get(key)
+            if series is None:
+                series = self._history[key] = deque(maxlen=keep)
+            series.append((round(now, 3), pending + acked, pending))
+        for series in self._history.values():
+            while series and series[0][0] < now - self.window:
+                series.popleft()
+
+    async def view(self) -> QueuesView:
+        """Every queue's depth now and over the last ``window`` seconds (refreshed first)."""
+        await self.refresh()
+        queues = []
+        for queue, model, _, _ in self._targets():
+            now = self._samples.get((queue, model))
+            queues.append(
+                QueueSeries(
+                    queue=queue,
+                    model=model,
+                    depth=None if now is None else now[0] + now[1],
+                    waiting=None if now is None else now[0],
+                    samples=tuple(self._history.get((queue, model), ())),
+                )
+            )
+        return QueuesView(interval_s=self.sample_interval, window_s=self.window, queues=tuple(queues))
 
     async def _ask(
         self,

@@ -51,16 +51,21 @@ def operation_with_content(extra: Mapping[str, Mapping[str, OpenAPIMediaType]]) 
     return _Operation
 
 
-def sse_media_type(description: str) -> OpenAPIMediaType:
+def sse_media_type(description: str, *, event_pattern: str | None = None) -> OpenAPIMediaType:
     """``text/event-stream`` content, by the OpenAPI 3.1 convention for event streams: the schema describes
-    each event (``event`` ``message`` or ``error``, and its ``data``)."""
+    each event (``event`` ``message`` or ``error``, or matching ``event_pattern``, and its ``data``)."""
+    event = (
+        Schema(type=OpenAPIType.STRING, pattern=event_pattern)
+        if event_pattern
+        else Schema(type=OpenAPIType.STRING, enum=["message", "error"])
+    )
     return OpenAPIMediaType(
         schema=Schema(
             type=OpenAPIType.OBJECT,
             description=description,
             required=["data"],
             properties={
-                "event": Schema(type=OpenAPIType.STRING, enum=["message", "error"]),
+                "event": event,
                 "data": Schema(type=OpenAPIType.STRING),
             },
         )

@@ -15,7 +15,15 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ("TaskEvent", "TaskOutcome")
+__all__ = (
+    "HistoryQuery",
+    "HistorySummary",
+    "ModelSeries",
+    "RecentTask",
+    "SeriesBucket",
+    "TaskEvent",
+    "TaskOutcome",
+)
 
 
 class TaskOutcome:
@@ -48,3 +56,50 @@ class TaskEvent(msgspec.Struct, frozen=True, kw_only=True, tag="modelbus.v1.task
     tokens_in: int | None = None
     tokens_out: int | None = None
     labels: dict[str, str] = {}
+
+
+class HistoryQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """Asked on ``modelbus.v1.history.summary`` (queue group): the status page's view of the history."""
+
+    limit: int = 30  # recent requests to list (at most 200)
+    window_s: int = 3600  # the series cover this many seconds back from now
+    bucket_s: int = 60
+
+
+class RecentTask(msgspec.Struct, frozen=True, kw_only=True):
+    """One request the ingress accepted (its span), newest first in :class:`HistorySummary`."""
+
+    trace_id: str
+    task: str
+    model: str
+    outcome: str
+    status_code: int | None
+    error_code: str | None
+    started_at: float  # unix seconds
+    duration_ms: float
+    tokens_in: int | None
+    tokens_out: int | None
+
+
+class SeriesBucket(msgspec.Struct, frozen=True, kw_only=True):
+    start: float  # unix seconds
+    requests: int
+    errors: int  # outcome error or timeout, or answered 429 or 5xx: the system's failures, not the client's
+    tokens_out: int
+
+
+class ModelSeries(msgspec.Struct, frozen=True, kw_only=True):
+    """A model's requests per bucket; buckets with no request are left out."""
+
+    model: str
+    buckets: tuple[SeriesBucket, ...]
+
+
+class HistorySummary(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to :class:`HistoryQuery`; ``available`` false (with ``reason``) when no one keeps one."""
+
+    available: bool
+    reason: str | None = None
+    bucket_s: int = 60
+    recent: tuple[RecentTask, ...] = ()
+    series: tuple[ModelSeries, ...] = ()

@@ -17,6 +17,8 @@ __all__ = (
     "EMBED_STREAM",
     "EVENTS_STREAM",
     "HEARTBEAT_WILDCARD",
+    "HISTORY_QUEUE_GROUP",
+    "HISTORY_SUMMARY_SUBJECT",
     "MODEL_VIEWS_BUCKET",
     "NSQL_READY_SUBJECT",
     "NSQL_STREAM",
@@ -52,6 +54,8 @@ TOOL_SUBJECT = f"{PREFIX}.tool"  # runtime tool calls of models (``params.tools`
 NSQL_READY_SUBJECT = (
     f"{PREFIX}.nsql_ready"  # ready NSQL workers answer here (queue group), with their datasets
 )
+HISTORY_SUMMARY_SUBJECT = f"{PREFIX}.history.summary"  # whoever can query the task history answers
+HISTORY_QUEUE_GROUP = "history"
 HEARTBEAT_WILDCARD = f"{PREFIX}.heartbeat.>"
 TASKS_WILDCARD = f"{PREFIX}.tasks.>"
 

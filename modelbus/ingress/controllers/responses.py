@@ -92,7 +92,8 @@ _RESPONSE_CONTENT = {
     "text/event-stream": sse_media_type(
         "With `stream: true`: OpenAI's typed events, `event: <type>` and its JSON in `data` (with "
         "`sequence_number`), from `response.created` to `response.completed`; a failure after the first "
-        "event is an `error` event."
+        "event is an `error` event.",
+        event_pattern=r"^(response\.[a-z_.]+|error)$",
     ),
 }
 
