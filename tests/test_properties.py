@@ -125,6 +125,8 @@ def strategy_for(t: mi.Type) -> st.SearchStrategy[Any]:
             max_size=t.max_length if t.max_length is not None else 4,
         )
         return items if isinstance(t, mi.ListType) else items.map(tuple)
+    if isinstance(t, mi.TupleType):  # fixed length: one strategy per position
+        return st.tuples(*(strategy_for(item) for item in t.item_types))
     if isinstance(t, mi.DictType):
         return st.dictionaries(strategy_for(t.key_type), strategy_for(t.value_type), max_size=4)
     raise NotImplementedError(f"no strategy for {t!r}: extend strategy_for")
