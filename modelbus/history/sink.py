@@ -31,9 +31,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from modelbus.config import HistorySettings
-from modelbus.history.table import COLUMN_NAMES, ensure_history_table, event_row, status_row
+from modelbus.history.table import COLUMN_NAMES, ensure_history_table, event_row, history_table, status_row
 from modelbus.runtime.clickhouse.engine import ClickHouse
-from modelbus.runtime.clickhouse.names import TableRef
 from modelbus.runtime.jetstream import (
     ensure_consumer,
     ensure_events_stream,
@@ -95,7 +94,7 @@ class HistorySink:
         self.nc = nc
         self.engine = engine
         self.settings = settings
-        self.table = TableRef(engine.settings.database, settings.table)
+        self.table = history_table(engine.settings.database, settings)
         self.consumer = consumer
         self._inactive = inactive_threshold
         self.written = 0

@@ -16,11 +16,19 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
+from modelbus.config import HistorySettings
 from modelbus.runtime.clickhouse.names import TableRef, quote_identifier
 from modelbus.schemas.history import TaskEvent
 from modelbus.schemas.views import ModelStatusEvent
 
-__all__ = ("COLUMNS", "create_statement", "ensure_history_table", "event_row", "status_row")
+__all__ = (
+    "COLUMNS",
+    "create_statement",
+    "ensure_history_table",
+    "event_row",
+    "history_table",
+    "status_row",
+)
 
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("trace_id", "String"),
@@ -45,6 +53,11 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("labels", "Map(String, String)"),
 )
 COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
+
+
+def history_table(database: str, settings: HistorySettings) -> TableRef:
+    """Where the history is kept: ``runtime.history.table`` in the engine's database."""
+    return TableRef(database, settings.table)
 
 
 def create_statement(table_sql: str, *, keep_days: int = 0) -> str:

@@ -256,12 +256,17 @@ class QueueDepths(Collector):
             self._refreshed = time.monotonic()
             if self._refreshed - self._sampled >= self.sample_interval:
                 self._sampled = self._refreshed
-                self._keep(samples, time.time())
+                self._keep(samples, targets, time.time())
 
-    def _keep(self, samples: dict[tuple[str, str], tuple[int, int]], now: float) -> None:
-        """Add this refresh's depths to each queue's recent samples; forget queues of models now gone."""
+    def _keep(
+        self,
+        samples: dict[tuple[str, str], tuple[int, int]],
+        targets: list[tuple[str, str, str, str]],
+        now: float,
+    ) -> None:
+        """Add this refresh's depths to each queue's recent samples; forget queues no longer asked about."""
         keep = int(self.window / self.sample_interval) + 1
-        live = {(queue, model) for queue, model, _, _ in self._targets()}
+        live = {(queue, model) for queue, model, _, _ in targets}
         for key in list(self._history):
             if key not in live:
                 del self._history[key]

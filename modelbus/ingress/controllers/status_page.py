@@ -16,11 +16,11 @@ The page is sent with a Content-Security-Policy that allows only its own script 
 from __future__ import annotations
 
 from importlib import resources
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 import nats.errors
-from litestar import Response, Router, get
+from litestar import Request, Response, Router, get
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec.security_requirement import SecurityRequirement
 from litestar.params import QueryParameter
@@ -98,21 +98,10 @@ def status_page_router(
     if security:
         errors[401] = error_spec("Missing or invalid API key")
 
-    def page(path: str) -> Response[bytes]:
-        body, media = pages[path]
+    @get(list(_ASSETS), include_in_schema=False, sync_to_thread=False)
+    def page(request: Request[Any, Any, Any]) -> Response[bytes]:
+        body, media = pages[request.scope["path_template"]]  # the route matched: one of _ASSETS
         return Response(body, media_type=media, headers=_HEADERS)
-
-    @get("/", include_in_schema=False, sync_to_thread=False)
-    def index() -> Response[bytes]:
-        return page("/")
-
-    @get("/status/app.js", include_in_schema=False, sync_to_thread=False)
-    def script() -> Response[bytes]:
-        return page("/status/app.js")
-
-    @get("/status/app.css", include_in_schema=False, sync_to_thread=False)
-    def style() -> Response[bytes]:
-        return page("/status/app.css")
 
     @get(
         "/metrics/queues",
@@ -158,4 +147,4 @@ def status_page_router(
     async def recent(limit: LimitParam = 30) -> HistorySummary:
         return await history_summary(nc, history, limit)
 
-    return Router(path="/", route_handlers=[index, script, style, queues, workers, recent])
+    return Router(path="/", route_handlers=[page, queues, workers, recent])

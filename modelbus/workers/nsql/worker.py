@@ -34,9 +34,9 @@ from modelbus.config import Config
 from modelbus.history.service import embedded_sink
 from modelbus.history.sink import HistorySink
 from modelbus.history.summary import HistoryResponder
+from modelbus.history.table import history_table
 from modelbus.runtime.clickhouse.datadir import open_engine
 from modelbus.runtime.clickhouse.engine import ClickHouse
-from modelbus.runtime.clickhouse.names import TableRef
 from modelbus.runtime.tasks.recorder import TaskRecorder
 from modelbus.runtime.work_queue.cancellation import Cancellations
 from modelbus.runtime.work_queue.client import WorkQueueClient
@@ -253,7 +253,7 @@ class NsqlWorker:
                 self.history = await stack.enter_async_context(sink)
             if self.history is not None or (not engine.embedded and self.config.runtime.history.enabled):
                 # the status page's recent work, from this worker's copy or the server's shared table
-                table = TableRef(engine.settings.database, self.config.runtime.history.table)
+                table = history_table(engine.settings.database, self.config.runtime.history)
                 await stack.enter_async_context(HistoryResponder(self.nc, engine, table))
             await self._prepare_datasets(engine)
             await stack.enter_async_context(self.runtime)
